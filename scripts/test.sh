@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The project's one test command:
+#   scripts/test.sh [extra args for cargo test]     e.g. scripts/test.sh -- --nocapture
+# Stages: services (local Redis + PostgreSQL), rustfmt, clippy, cargo test.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+cd "$ROOT"
+
+stage() { printf '\n==> [test.sh] %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null 2>&1 && [[ -f $HOME/.cargo/env ]]; then
+  # shellcheck source=/dev/null
+  . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found on PATH" >&2; exit 1; }
+
+stage "services: scripts/services.sh start"
+bash scripts/services.sh start
+
+# Admin URLs for the tests: each test creates its own Redis database number and
+# its own PostgreSQL database (the role `flashsale` has CREATEDB).
+export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}}"
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://flashsale@127.0.0.1:${PG_PORT:-5432}/postgres}"
+echo "TEST_REDIS_URL=$TEST_REDIS_URL"
+echo "TEST_DATABASE_URL=$TEST_DATABASE_URL"
+
+stage "format: cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+stage "lint: cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+stage "test: cargo test --all-targets $*"
+cargo test --all-targets "$@"
+
+stage "all stages passed"

@@ -1,0 +1,173 @@
+//! POST /checkout: validate, answer locally what the core already knows
+//! (no sale, not an item of it, known sold), else run checkout.lua; record
+//! every well-formed attempt for the writer.
+
+use super::json::{self, CheckoutBody};
+use super::params::Query;
+use super::{Answer, Api, ITEM_NOT_FOUND, NO_ACTIVE_SALE, Reject, WRITER_QUEUE_FULL};
+use crate::http::ResponseHead;
+use crate::redis_client::{keys, texts};
+use crate::sale::code::new_code;
+use crate::sale::{CheckoutOutcome, SaleInfo, now_ms};
+use crate::store::{CheckoutRecord, Record};
+
+const ITEM_SOLD: Reject = Reject::new(409, "item_sold", "the item is already sold");
+const LIMIT_REACHED: Reject = Reject::new(
+    409,
+    "limit_reached",
+    "items bought plus items in the checkout would pass the per-user limit",
+);
+
+impl Api {
+    pub(super) async fn checkout(&self, query: &str, body: &mut Vec<u8>) -> Answer {
+        let query = Query::parse(query);
+        let user_id = query.positive_id("user_id", "user_id must be a positive integer")?;
+        let item_id = query.positive_id("id", "id must be a positive integer")?;
+        let now = now_ms();
+        let sale = self.active_sale(now).ok_or(NO_ACTIVE_SALE)?;
+        if !self.deps.records.has_room() {
+            self.deps.metrics.writer_queue_full();
+            return Err(WRITER_QUEUE_FULL);
+        }
+
+        let Some(n) = sale.item_number(item_id) else {
+            self.record(
+                &sale,
+                user_id,
+                item_id,
+                None,
+                CheckoutOutcome::ItemNotFound,
+                now,
+            )?;
+            return Err(ITEM_NOT_FOUND);
+        };
+        let known_sold = {
+            let mut sold = self.sold.borrow_mut();
+            sold.track(&sale);
+            sold.is_sold(n)
+        };
+        if known_sold {
+            self.deps.metrics.answered_from_sold_map();
+            self.record(
+                &sale,
+                user_id,
+                item_id,
+                None,
+                CheckoutOutcome::ItemSold,
+                now,
+            )?;
+            return Err(ITEM_SOLD);
+        }
+
+        let reply = {
+            let _slot = self.begin_redis_work()?;
+            let code = new_code(sale.id);
+            let expire_at = sale.ends_at * 1000 + self.deps.retention_ms;
+            let scripts = self.deps.redis.scripts();
+            self.deps
+                .redis
+                .eval(&scripts.checkout, 4, |cmd| {
+                    cmd.arg(keys::meta(sale.id))
+                        .arg(keys::sold(sale.id))
+                        .arg(keys::user(sale.id, user_id))
+                        .arg(keys::code(sale.id, &code))
+                        .arg(user_id)
+                        .arg(n)
+                        .arg(item_id)
+                        .arg(&code)
+                        .arg(now)
+                        .arg(expire_at);
+                })
+                .await
+                .map_err(|e| self.redis_failed(e))?
+        };
+        let fields = texts(&reply).ok_or(super::INTERNAL)?;
+        let (outcome, code, items) = match fields.as_slice() {
+            [outcome, code, items] => (*outcome, *code, *items),
+            _ => return Err(super::INTERNAL),
+        };
+        match outcome {
+            "ok" => {
+                self.record(
+                    &sale,
+                    user_id,
+                    item_id,
+                    Some(code),
+                    CheckoutOutcome::Added,
+                    now,
+                )?;
+                let items = json::parse_id_list(items);
+                json::write(
+                    body,
+                    &CheckoutBody {
+                        code,
+                        sale_id: sale.id,
+                        item_id,
+                        items: &items,
+                    },
+                );
+                Ok(ResponseHead::json(200))
+            }
+            "sold" => {
+                self.sold.borrow_mut().mark_sold(n);
+                self.record(
+                    &sale,
+                    user_id,
+                    item_id,
+                    None,
+                    CheckoutOutcome::ItemSold,
+                    now,
+                )?;
+                Err(ITEM_SOLD)
+            }
+            "limit" => {
+                let code = (!code.is_empty()).then_some(code);
+                self.record(
+                    &sale,
+                    user_id,
+                    item_id,
+                    code,
+                    CheckoutOutcome::LimitReached,
+                    now,
+                )?;
+                Err(LIMIT_REACHED)
+            }
+            // The sale closed between the clock check and the script: the item
+            // is not one of the sale that is active now.
+            "closed" => Err(ITEM_NOT_FOUND),
+            "no_sale" => {
+                tracing::error!(
+                    sale_id = sale.id,
+                    "sale missing in redis; the rotator will restore it"
+                );
+                Err(NO_ACTIVE_SALE)
+            }
+            _ => Err(super::INTERNAL),
+        }
+    }
+
+    /// Hands one checkout attempt to the writer; a full queue sheds the request.
+    fn record(
+        &self,
+        sale: &SaleInfo,
+        user_id: i64,
+        item_id: i64,
+        code: Option<&str>,
+        outcome: CheckoutOutcome,
+        at_ms: i64,
+    ) -> Result<(), Reject> {
+        self.deps.metrics.checkout_outcome(outcome.as_str());
+        let record = Record::Checkout(CheckoutRecord {
+            sale_id: sale.id,
+            user_id,
+            item_id,
+            code: code.map(str::to_string),
+            outcome: outcome.as_str(),
+            at_ms,
+        });
+        self.deps.records.try_send(record).map_err(|_| {
+            self.deps.metrics.writer_queue_full();
+            WRITER_QUEUE_FULL
+        })
+    }
+}

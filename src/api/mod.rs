@@ -1,0 +1,278 @@
+//! Routes: path and method → a sale operation, and SPEC's status codes and
+//! JSON shapes. One `Api` per core; it owns that core's view of the sales,
+//! its known-sold map, its Redis client and its end of the writer channel.
+
+mod checkout;
+pub mod json;
+pub mod params;
+mod purchase;
+mod reads;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind};
+use crate::http::request::ParseError;
+use crate::http::response::{ResponseHead, error_body};
+use crate::http::{Handler, Method, RequestHead};
+use crate::metrics::{CoreMetrics, Route};
+use crate::redis_client::{RedisClient, keys};
+use crate::sale::SaleInfo;
+use crate::sale::schedule::{ScheduleView, SharedSchedule};
+use crate::sale::sold_map::SoldMap;
+use crate::store::{PostgresHealth, RecordSender};
+
+/// Seconds a shed client is asked to wait.
+const RETRY_AFTER_SECS: u32 = 1;
+
+/// How the handlers reach everything outside the core.
+pub struct ApiDeps {
+    pub redis: RedisClient,
+    pub schedule: Arc<SharedSchedule>,
+    pub records: RecordSender,
+    pub postgres: Arc<PostgresHealth>,
+    pub metrics: Arc<CoreMetrics>,
+    /// How long Redis keeps a sale's users and codes after it ends (ms).
+    pub retention_ms: i64,
+    pub max_in_flight: usize,
+}
+
+/// The API of one core.
+pub struct Api {
+    deps: ApiDeps,
+    schedule: RefCell<ScheduleView>,
+    sold: RefCell<SoldMap>,
+    in_flight: Cell<usize>,
+}
+
+/// An error answer: status, stable code, human message.
+pub struct Reject {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+impl Reject {
+    pub const fn new(status: u16, code: &'static str, message: &'static str) -> Self {
+        Reject {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+pub const NO_ACTIVE_SALE: Reject =
+    Reject::new(503, "no_active_sale", "no sale is active right now");
+pub const ITEM_NOT_FOUND: Reject =
+    Reject::new(404, "item_not_found", "not an item of the active sale");
+pub const OVERLOADED: Reject = Reject::new(
+    503,
+    "overloaded",
+    "too many requests in progress; retry shortly",
+);
+pub const WRITER_QUEUE_FULL: Reject =
+    Reject::new(503, "overloaded", "the record queue is full; retry shortly");
+pub const REDIS_UNAVAILABLE: Reject = Reject::new(
+    503,
+    "redis_unavailable",
+    "the sale store is unavailable; retry shortly",
+);
+pub const INTERNAL: Reject = Reject::new(500, "internal", "internal error");
+
+impl From<params::InvalidParams> for Reject {
+    fn from(e: params::InvalidParams) -> Self {
+        Reject::new(400, "invalid_params", e.0)
+    }
+}
+
+impl From<Error> for Reject {
+    fn from(e: Error) -> Self {
+        match e.kind() {
+            ErrorKind::RedisUnavailable => REDIS_UNAVAILABLE,
+            ErrorKind::Overloaded => OVERLOADED,
+            _ => {
+                tracing::error!(error = %e, "request failed");
+                INTERNAL
+            }
+        }
+    }
+}
+
+/// What a handler returns: the response head, the body already written.
+type Answer = Result<ResponseHead, Reject>;
+
+impl Api {
+    pub fn new(deps: ApiDeps) -> Self {
+        let schedule = RefCell::new(deps.schedule.view());
+        Api {
+            deps,
+            schedule,
+            sold: RefCell::new(SoldMap::default()),
+            in_flight: Cell::new(0),
+        }
+    }
+
+    pub fn redis(&self) -> &RedisClient {
+        &self.deps.redis
+    }
+
+    /// The sale open now, if any.
+    fn active_sale(&self, now_ms: i64) -> Option<SaleInfo> {
+        self.schedule
+            .borrow_mut()
+            .current()
+            .active_at(now_ms)
+            .copied()
+    }
+
+    /// A sale the rotator has prepared (current or next, or recent).
+    fn known_sale(&self, sale_id: i64) -> Option<SaleInfo> {
+        self.schedule.borrow_mut().current().get(sale_id).copied()
+    }
+
+    /// Takes a slot of the core's in-flight budget for a Redis round trip.
+    fn begin_redis_work(&self) -> Result<InFlight<'_>, Reject> {
+        let n = self.in_flight.get();
+        if n >= self.deps.max_in_flight {
+            self.deps.metrics.shed();
+            return Err(OVERLOADED);
+        }
+        self.in_flight.set(n + 1);
+        Ok(InFlight(&self.in_flight))
+    }
+
+    fn redis_failed(&self, e: Error) -> Reject {
+        self.deps.metrics.redis_error();
+        e.into()
+    }
+
+    async fn route(&self, head: &RequestHead<'_>, body: &mut Vec<u8>) -> (Route, Answer) {
+        let path = head.path;
+        let method = head.method;
+        let (route, allow) = match path {
+            "/checkout" => (Route::Checkout, "POST"),
+            "/purchase" => (Route::Purchase, "POST"),
+            "/sales/active" => (Route::SalesActive, "GET"),
+            "/health" => (Route::Health, "GET"),
+            "/metrics" => (Route::Metrics, "GET"),
+            _ if reads::sale_items_path(path).is_some() => (Route::SaleItems, "GET"),
+            _ => {
+                return (
+                    Route::Other,
+                    Err(Reject::new(404, "not_found", "no such path")),
+                );
+            }
+        };
+        let wanted = if allow == "POST" {
+            Method::Post
+        } else {
+            Method::Get
+        };
+        if method != wanted {
+            let mut head = ResponseHead::json(405);
+            head.allow = Some(allow);
+            error_body(
+                body,
+                "method_not_allowed",
+                "method not allowed on this path",
+            );
+            return (route, Ok(head));
+        }
+        let answer = match route {
+            Route::Checkout => self.checkout(head.query, body).await,
+            Route::Purchase => self.purchase(head.query, body).await,
+            Route::SalesActive => self.sales_active(body).await,
+            Route::SaleItems => self.sale_items(path, head.query, body).await,
+            Route::Health => Ok(self.health(body).await),
+            Route::Metrics => Ok(self.metrics(body)),
+            Route::Other => unreachable!("matched above"),
+        };
+        (route, answer)
+    }
+
+    /// Keeps the known-sold map of this core fresh from Redis's bitmap, so
+    /// items sold through other cores and instances are answered locally.
+    pub async fn refresh_sold_map(&self) {
+        let now = crate::sale::now_ms();
+        let Some(sale) = self.active_sale(now) else {
+            return;
+        };
+        if self.sold.borrow().sold_out() && self.sold.borrow().sale_id() == sale.id {
+            return;
+        }
+        let cmd = redis::cmd("GET").arg(keys::sold(sale.id)).clone();
+        if let Ok(redis::Value::BulkString(bitmap)) = self.deps.redis.query(&cmd).await {
+            let mut sold = self.sold.borrow_mut();
+            sold.track(&sale);
+            sold.merge_redis_bitmap(&bitmap);
+        }
+    }
+}
+
+/// A slot of the in-flight budget, given back on drop.
+struct InFlight<'a>(&'a Cell<usize>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+impl Handler for Api {
+    async fn handle(
+        &self,
+        head: &RequestHead<'_>,
+        _body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ResponseHead {
+        let started = Instant::now();
+        let (route, answer) = self.route(head, out).await;
+        let response = match answer {
+            Ok(response) => response,
+            Err(reject) => {
+                out.clear();
+                error_body(out, reject.code, reject.message);
+                let mut response = ResponseHead::json(reject.status);
+                if reject.status == 503 {
+                    response.retry_after = Some(RETRY_AFTER_SECS);
+                }
+                response
+            }
+        };
+        self.deps
+            .metrics
+            .request(route, response.status, started.elapsed());
+        if response.status >= 500 {
+            tracing::debug!(
+                request_id = head.request_id.unwrap_or("-"),
+                path = head.path,
+                status = response.status,
+                "request failed"
+            );
+        }
+        response
+    }
+
+    fn reject(&self, error: ParseError, out: &mut Vec<u8>) -> ResponseHead {
+        let (status, code, message) = crate::http::conn::parse_error_status(error);
+        error_body(out, code, message);
+        self.deps
+            .metrics
+            .request(Route::Other, status, Duration::ZERO);
+        ResponseHead::json(status)
+    }
+}
+
+/// Runs `refresh_sold_map` every `every` until `stop` is set.
+pub async fn keep_sold_map_fresh(api: Rc<Api>, every: Duration, stop: crate::event::Event) {
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(every) => {}
+            _ = stop.wait() => return,
+        }
+        api.refresh_sold_map().await;
+    }
+}

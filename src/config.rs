@@ -1,0 +1,278 @@
+//! Every knob of the server: environment variables and flags (SPEC names),
+//! their defaults and their validation. Nothing else reads the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Most items a sale may have: item ids are `sale_id * ITEM_ID_STRIDE + n`.
+pub const MAX_SALE_ITEMS: u32 = 1_000_000;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "flashsale",
+    version,
+    about = "Flash-sale server: hourly sales of unique items, decided in Redis, recorded in Postgres"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the server (the default when no command is given).
+    Serve,
+}
+
+/// The server's configuration. Every field is an environment variable and a flag.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address every core listens on (SO_REUSEPORT).
+    #[arg(
+        long = "listen",
+        env = "FLASHSALE_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Number of core threads (one monoio runtime each); default: every core.
+    #[arg(long = "cores", env = "FLASHSALE_CORES")]
+    pub cores: Option<usize>,
+
+    /// Redis URL (`redis://host:port/db`).
+    #[arg(
+        long = "redis-url",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    pub redis_url: String,
+
+    /// Postgres URL.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://flashsale@127.0.0.1:5432/flashsale"
+    )]
+    pub database_url: String,
+
+    /// Length of a sale in seconds; sales start at multiples of it since the epoch.
+    #[arg(long = "sale-period-secs", env = "SALE_PERIOD_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400 * 366))]
+    pub sale_period_secs: u64,
+
+    /// Items per sale.
+    #[arg(long = "sale-items", env = "SALE_ITEMS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_SALE_ITEMS as i64))]
+    pub sale_items: u32,
+
+    /// Most items one user may buy in one sale.
+    #[arg(long = "user-limit", env = "USER_LIMIT", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub user_limit: u32,
+
+    /// Log filter (`info`, `debug`, `flashsale=trace`, ...); add `json` for JSON lines (`json` or `json,debug`).
+    #[arg(long = "log", env = "FLASHSALE_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Deadline of one Redis call in milliseconds; past it the request gets 503.
+    #[arg(
+        long = "redis-timeout-ms",
+        env = "FLASHSALE_REDIS_TIMEOUT_MS",
+        default_value_t = 500
+    )]
+    pub redis_timeout_ms: u64,
+
+    /// Capacity of the channel from the cores to the Postgres writer; full → 503.
+    #[arg(
+        long = "writer-queue",
+        env = "FLASHSALE_WRITER_QUEUE",
+        default_value_t = 200_000
+    )]
+    pub writer_queue: usize,
+
+    /// Most rows the writer puts in one INSERT.
+    #[arg(
+        long = "writer-batch",
+        env = "FLASHSALE_WRITER_BATCH",
+        default_value_t = 5_000
+    )]
+    pub writer_batch: usize,
+
+    /// Longest a record waits in the writer before its batch is flushed, in milliseconds.
+    #[arg(
+        long = "writer-flush-ms",
+        env = "FLASHSALE_WRITER_FLUSH_MS",
+        default_value_t = 5
+    )]
+    pub writer_flush_ms: u64,
+
+    /// Postgres connections in the writer's pool.
+    #[arg(
+        long = "pg-pool-size",
+        env = "FLASHSALE_PG_POOL_SIZE",
+        default_value_t = 4
+    )]
+    pub pg_pool_size: u32,
+
+    /// How long Redis keeps a sale's users and codes after the sale ends, in seconds.
+    #[arg(
+        long = "sale-retention-secs",
+        env = "FLASHSALE_SALE_RETENTION_SECS",
+        default_value_t = 86_400
+    )]
+    pub sale_retention_secs: u64,
+
+    /// Largest request line plus headers, in bytes; past it → 431.
+    #[arg(
+        long = "max-header-bytes",
+        env = "FLASHSALE_MAX_HEADER_BYTES",
+        default_value_t = 8192
+    )]
+    pub max_header_bytes: usize,
+
+    /// Most header lines in one request; past it → 431.
+    #[arg(
+        long = "max-headers",
+        env = "FLASHSALE_MAX_HEADERS",
+        default_value_t = 64
+    )]
+    pub max_headers: usize,
+
+    /// Largest request body, in bytes; past it → 413.
+    #[arg(
+        long = "max-body-bytes",
+        env = "FLASHSALE_MAX_BODY_BYTES",
+        default_value_t = 16_384
+    )]
+    pub max_body_bytes: usize,
+
+    /// Seconds a keep-alive connection may sit idle between requests.
+    #[arg(
+        long = "idle-timeout-secs",
+        env = "FLASHSALE_IDLE_TIMEOUT_SECS",
+        default_value_t = 60
+    )]
+    pub idle_timeout_secs: u64,
+
+    /// Milliseconds a client has to send a whole request once it has started one.
+    #[arg(
+        long = "read-timeout-ms",
+        env = "FLASHSALE_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub read_timeout_ms: u64,
+
+    /// Most open connections per core; past it new connections are closed at once.
+    #[arg(
+        long = "max-conns-per-core",
+        env = "FLASHSALE_MAX_CONNS_PER_CORE",
+        default_value_t = 20_000
+    )]
+    pub max_conns_per_core: usize,
+
+    /// Most requests in progress per core (waiting on Redis); past it → 503 with Retry-After.
+    #[arg(
+        long = "max-inflight-per-core",
+        env = "FLASHSALE_MAX_INFLIGHT_PER_CORE",
+        default_value_t = 8192
+    )]
+    pub max_inflight_per_core: usize,
+
+    /// Seconds a graceful shutdown may take before the server exits anyway.
+    #[arg(
+        long = "shutdown-timeout-secs",
+        env = "FLASHSALE_SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Config {
+    /// Number of core threads to run.
+    pub fn core_count(&self) -> usize {
+        let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.cores.unwrap_or(available).max(1)
+    }
+
+    pub fn period(&self) -> Duration {
+        Duration::from_secs(self.sale_period_secs)
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms.max(1))
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms.max(1))
+    }
+
+    pub fn writer_flush(&self) -> Duration {
+        Duration::from_millis(self.writer_flush_ms.max(1))
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs.max(1))
+    }
+
+    /// Whether logs are JSON lines, and the level filter that remains.
+    pub fn log_format(&self) -> (bool, String) {
+        let mut json = false;
+        let mut filters = Vec::new();
+        for part in self.log.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part.eq_ignore_ascii_case("json") {
+                json = true;
+            } else {
+                filters.push(part);
+            }
+        }
+        let filter = if filters.is_empty() {
+            "info".to_string()
+        } else {
+            filters.join(",")
+        };
+        (json, filter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("flashsale").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_spec() {
+        let cli = parse(&[]);
+        let c = cli.config;
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379/0");
+        assert_eq!(c.sale_period_secs, 3600);
+        assert_eq!(c.sale_items, 10_000);
+        assert_eq!(c.user_limit, 10);
+        assert_eq!(c.log_format(), (false, "info".to_string()));
+    }
+
+    #[test]
+    fn json_log_keeps_level() {
+        let cli = parse(&["--log", "json,debug"]);
+        assert_eq!(cli.config.log_format(), (true, "debug".to_string()));
+    }
+
+    #[test]
+    fn rejects_zero_items_and_period() {
+        let args = ["flashsale", "--sale-items", "0"];
+        assert!(Cli::try_parse_from(args).is_err());
+        let args = ["flashsale", "--sale-period-secs", "0"];
+        assert!(Cli::try_parse_from(args).is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! flashsale: wiring only. Reads the configuration, applies migrations,
+//! starts the Postgres writer, the rotator and the core threads, then waits
+//! for SIGTERM/SIGINT and shuts down in order: cores (stop accepting, finish
+//! in-flight requests), rotator, writer (flush what the cores handed over).
+
+mod api;
+mod config;
+mod error;
+mod event;
+mod http;
+mod logging;
+mod metrics;
+mod redis_client;
+mod rotator;
+mod sale;
+mod server;
+mod store;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::config::{Cli, Command, Config};
+use crate::error::Result;
+use crate::http::Limits;
+use crate::redis_client::RedisTarget;
+use crate::redis_client::scripts::Scripts;
+use crate::sale::schedule::SharedSchedule;
+use crate::store::PostgresHealth;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (json, filter) = cli.config.log_format();
+    logging::init(json, &filter);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "flashsale stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| error::Error::with_cause(error::ErrorKind::Config, "signal handler", e))?;
+    }
+
+    let redis = RedisTarget::parse(&config.redis_url)?;
+    let pool = store::pool(&config.database_url, config.pg_pool_size)?;
+    migrate_when_postgres_is_up(&pool, &stop)?;
+
+    let scripts = Arc::new(Scripts::new());
+    let schedule = Arc::new(SharedSchedule::default());
+    let postgres = Arc::new(PostgresHealth::default());
+    postgres.set(true);
+
+    let (records, records_rx) = store::record_channel(config.writer_queue);
+    let writer = store::writer::spawn(
+        store::writer::WriterConfig {
+            batch_rows: config.writer_batch.max(1),
+            flush_after: config.writer_flush(),
+            redis_url: config.redis_url.clone(),
+        },
+        pool.clone(),
+        records_rx,
+        postgres.clone(),
+    )
+    .map_err(|e| error::Error::with_cause(error::ErrorKind::Internal, "writer thread", e))?;
+
+    let rotator_stop = Arc::new(AtomicBool::new(false));
+    let rotator = rotator::spawn(
+        rotator::RotatorConfig {
+            period_secs: config.sale_period_secs as i64,
+            items: config.sale_items,
+            user_limit: config.user_limit,
+            redis_url: config.redis_url.clone(),
+            redis_timeout: config.redis_timeout().max(Duration::from_secs(1)),
+        },
+        pool.clone(),
+        schedule.clone(),
+        scripts.clone(),
+        rotator_stop.clone(),
+    )
+    .map_err(|e| error::Error::with_cause(error::ErrorKind::Internal, "rotator thread", e))?;
+    wait_for_first_sale(&schedule, &stop);
+
+    let cores_stop = Arc::new(AtomicBool::new(false));
+    let cores = server::start_cores(
+        config.core_count(),
+        server::CoreSetup {
+            listen: config.listen,
+            redis,
+            redis_timeout: config.redis_timeout(),
+            scripts,
+            schedule,
+            records,
+            postgres,
+            limits: Limits {
+                max_header_bytes: config.max_header_bytes,
+                max_headers: config.max_headers,
+                max_body_bytes: config.max_body_bytes,
+                idle_timeout: config.idle_timeout(),
+                read_timeout: config.read_timeout(),
+            },
+            retention_ms: (config.sale_retention_secs as i64).saturating_mul(1000),
+            max_conns: config.max_conns_per_core,
+            max_in_flight: config.max_inflight_per_core,
+            shutdown_timeout: config.shutdown_timeout(),
+            shutdown: cores_stop.clone(),
+        },
+    )
+    .map_err(|e| error::Error::with_cause(error::ErrorKind::Config, "listen", e))?;
+    tracing::info!(listen = %config.listen, cores = cores.len(), "flashsale serving");
+
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    cores_stop.store(true, Ordering::Relaxed);
+    for core in cores {
+        let _ = core.join();
+    }
+    rotator_stop.store(true, Ordering::Relaxed);
+    let _ = rotator.join();
+    // Every RecordSender is gone with the cores: the writer drains and exits.
+    writer.shutdown_and_join(config.shutdown_timeout());
+    tracing::info!("flashsale stopped cleanly");
+    Ok(())
+}
+
+/// Applies migrations, waiting for Postgres as long as it takes (or until a signal).
+fn migrate_when_postgres_is_up(pool: &store::PgPool, stop: &AtomicBool) -> Result<()> {
+    let mut backoff = Duration::from_millis(100);
+    let mut logged = false;
+    loop {
+        match store::migrate::migrate(pool) {
+            Ok(()) => return Ok(()),
+            Err(e) if !stop.load(Ordering::Relaxed) => {
+                if !logged {
+                    tracing::warn!(error = %e, "postgres not ready for migrations; retrying");
+                    logged = true;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Waits until the rotator has published a sale, logging while it cannot.
+fn wait_for_first_sale(schedule: &SharedSchedule, stop: &AtomicBool) {
+    let started = Instant::now();
+    let mut warned = false;
+    while schedule.snapshot().sales.is_empty() && !stop.load(Ordering::Relaxed) {
+        if !warned && started.elapsed() > Duration::from_secs(5) {
+            tracing::warn!("no sale prepared yet; serving 503 no_active_sale until there is one");
+            warned = true;
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,501 @@
+//! Counters and latency histograms. Each core owns a `CoreMetrics` that only
+//! it writes (relaxed atomics, no contention); the writer thread owns
+//! `WriterMetrics`. A scrape merges them all into Prometheus text.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+/// The routes requests are counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Checkout,
+    Purchase,
+    SalesActive,
+    SaleItems,
+    Health,
+    Metrics,
+    Other,
+}
+
+impl Route {
+    pub const ALL: [Route; 7] = [
+        Route::Checkout,
+        Route::Purchase,
+        Route::SalesActive,
+        Route::SaleItems,
+        Route::Health,
+        Route::Metrics,
+        Route::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Checkout => "checkout",
+            Route::Purchase => "purchase",
+            Route::SalesActive => "sales_active",
+            Route::SaleItems => "sale_items",
+            Route::Health => "health",
+            Route::Metrics => "metrics",
+            Route::Other => "other",
+        }
+    }
+}
+
+/// Statuses the server sends; anything else is counted under the last slot.
+const STATUSES: [u16; 12] = [200, 400, 404, 405, 409, 410, 411, 413, 431, 500, 501, 503];
+const STATUS_SLOTS: usize = STATUSES.len() + 1;
+
+/// Checkout outcomes counted on their own (see `sale::CheckoutOutcome`).
+pub const CHECKOUT_OUTCOMES: [&str; 4] = ["ok", "item_sold", "limit_reached", "item_not_found"];
+
+/// Upper bounds of the latency buckets, in microseconds.
+const LATENCY_BOUNDS_US: [u64; 16] = [
+    50, 100, 200, 300, 500, 750, 1_000, 2_000, 3_000, 5_000, 10_000, 25_000, 50_000, 100_000,
+    250_000, 1_000_000,
+];
+
+/// Upper bounds of the writer batch-size buckets, in rows.
+const BATCH_ROW_BOUNDS: [u64; 10] = [1, 10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// A histogram with fixed bucket bounds (cumulative on render).
+pub struct Histogram<const N: usize> {
+    bounds: &'static [u64; N],
+    buckets: [AtomicU64; N],
+    overflow: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    const fn new(bounds: &'static [u64; N]) -> Self {
+        Histogram {
+            bounds,
+            buckets: [const { AtomicU64::new(0) }; N],
+            overflow: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: u64) {
+        match self.bounds.iter().position(|&b| value <= b) {
+            Some(i) => bump(&self.buckets[i], 1),
+            None => bump(&self.overflow, 1),
+        }
+        bump(&self.sum, value);
+    }
+
+    fn add_into(&self, counts: &mut [u64; N], overflow: &mut u64, sum: &mut u64) {
+        for (c, b) in counts.iter_mut().zip(&self.buckets) {
+            *c += b.load(Ordering::Relaxed);
+        }
+        *overflow += self.overflow.load(Ordering::Relaxed);
+        *sum += self.sum.load(Ordering::Relaxed);
+    }
+}
+
+/// What one core counts. Only that core writes it.
+pub struct CoreMetrics {
+    requests: [[AtomicU64; STATUS_SLOTS]; Route::ALL.len()],
+    latency: [Histogram<16>; Route::ALL.len()],
+    checkout_outcomes: [AtomicU64; CHECKOUT_OUTCOMES.len()],
+    items_sold: AtomicU64,
+    answered_from_sold_map: AtomicU64,
+    redis_errors: AtomicU64,
+    shed: AtomicU64,
+    writer_queue_full: AtomicU64,
+    connections_open: AtomicU64,
+    connections_total: AtomicU64,
+    connections_refused: AtomicU64,
+}
+
+impl CoreMetrics {
+    fn new() -> Self {
+        CoreMetrics {
+            requests: [const { [const { AtomicU64::new(0) }; STATUS_SLOTS] }; Route::ALL.len()],
+            latency: [const { Histogram::new(&LATENCY_BOUNDS_US) }; Route::ALL.len()],
+            checkout_outcomes: [const { AtomicU64::new(0) }; CHECKOUT_OUTCOMES.len()],
+            items_sold: AtomicU64::new(0),
+            answered_from_sold_map: AtomicU64::new(0),
+            redis_errors: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+            writer_queue_full: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+        }
+    }
+
+    pub fn request(&self, route: Route, status: u16, elapsed: Duration) {
+        let r = route as usize;
+        let s = STATUSES
+            .iter()
+            .position(|&x| x == status)
+            .unwrap_or(STATUSES.len());
+        bump(&self.requests[r][s], 1);
+        self.latency[r].observe(elapsed.as_micros() as u64);
+    }
+
+    pub fn checkout_outcome(&self, outcome: &str) {
+        if let Some(i) = CHECKOUT_OUTCOMES.iter().position(|&o| o == outcome) {
+            bump(&self.checkout_outcomes[i], 1);
+        }
+    }
+
+    pub fn items_sold(&self, n: u64) {
+        bump(&self.items_sold, n);
+    }
+
+    pub fn answered_from_sold_map(&self) {
+        bump(&self.answered_from_sold_map, 1);
+    }
+
+    pub fn redis_error(&self) {
+        bump(&self.redis_errors, 1);
+    }
+
+    pub fn shed(&self) {
+        bump(&self.shed, 1);
+    }
+
+    pub fn writer_queue_full(&self) {
+        bump(&self.writer_queue_full, 1);
+    }
+
+    pub fn connection_opened(&self) {
+        bump(&self.connections_open, 1);
+        bump(&self.connections_total, 1);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_refused(&self) {
+        bump(&self.connections_refused, 1);
+    }
+}
+
+/// What the Postgres writer counts.
+pub struct WriterMetrics {
+    batch_rows: Histogram<10>,
+    batch_latency_us: Histogram<16>,
+    rows_written: [AtomicU64; 3],
+    postgres_errors: AtomicU64,
+    outbox_pending: AtomicU64,
+}
+
+/// Tables the writer counts rows for.
+#[derive(Debug, Clone, Copy)]
+pub enum Table {
+    Checkouts = 0,
+    Purchases = 1,
+    Users = 2,
+}
+
+const TABLE_LABELS: [&str; 3] = ["checkouts", "purchases", "users"];
+
+impl WriterMetrics {
+    const fn new() -> Self {
+        WriterMetrics {
+            batch_rows: Histogram::new(&BATCH_ROW_BOUNDS),
+            batch_latency_us: Histogram::new(&LATENCY_BOUNDS_US),
+            rows_written: [const { AtomicU64::new(0) }; 3],
+            postgres_errors: AtomicU64::new(0),
+            outbox_pending: AtomicU64::new(0),
+        }
+    }
+
+    /// One committed batch of `rows` rows into `table`, which took `elapsed`.
+    pub fn batch(&self, table: Table, rows: usize, elapsed: Duration) {
+        self.batch_rows.observe(rows as u64);
+        self.batch_latency_us.observe(elapsed.as_micros() as u64);
+        bump(&self.rows_written[table as usize], rows as u64);
+    }
+
+    pub fn postgres_error(&self) {
+        bump(&self.postgres_errors, 1);
+    }
+
+    /// Purchases seen in Redis outboxes and not yet committed to Postgres.
+    pub fn set_outbox_pending(&self, n: u64) {
+        self.outbox_pending.store(n, Ordering::Relaxed);
+    }
+}
+
+/// Every core's metrics plus the writer's.
+pub struct Registry {
+    cores: Mutex<Vec<Arc<CoreMetrics>>>,
+    pub writer: WriterMetrics,
+}
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
+    cores: Mutex::new(Vec::new()),
+    writer: WriterMetrics::new(),
+});
+
+pub fn registry() -> &'static Registry {
+    &REGISTRY
+}
+
+impl Registry {
+    /// A new core's metrics, registered for scrapes.
+    pub fn register_core(&self) -> Arc<CoreMetrics> {
+        let core = Arc::new(CoreMetrics::new());
+        self.cores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(core.clone());
+        core
+    }
+
+    /// Prometheus text exposition of everything, cores merged.
+    pub fn render(&self, writer_queue_depth: usize) -> String {
+        let cores = self.cores.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let sum = |f: &dyn Fn(&CoreMetrics) -> &AtomicU64| -> u64 {
+            cores.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
+        };
+        let mut out = String::with_capacity(16 * 1024);
+
+        out.push_str("# HELP flashsale_requests_total HTTP requests by route and status.\n");
+        out.push_str("# TYPE flashsale_requests_total counter\n");
+        for route in Route::ALL {
+            for (si, status) in STATUSES
+                .iter()
+                .map(|s| s.to_string())
+                .chain(["other".to_string()])
+                .enumerate()
+            {
+                let n = sum(&|c| &c.requests[route as usize][si]);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "flashsale_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                        route.label()
+                    );
+                }
+            }
+        }
+
+        out.push_str(
+            "# HELP flashsale_request_duration_seconds Request latency by route, from parse to response queued.\n",
+        );
+        out.push_str("# TYPE flashsale_request_duration_seconds histogram\n");
+        for route in Route::ALL {
+            let mut counts = [0u64; 16];
+            let (mut overflow, mut total_us) = (0, 0);
+            for c in &cores {
+                c.latency[route as usize].add_into(&mut counts, &mut overflow, &mut total_us);
+            }
+            write_histogram(
+                &mut out,
+                "flashsale_request_duration_seconds",
+                &format!("route=\"{}\",", route.label()),
+                &LATENCY_BOUNDS_US,
+                &counts,
+                overflow,
+                total_us,
+                1e6,
+            );
+        }
+
+        out.push_str("# HELP flashsale_checkout_outcomes_total Checkout attempts by outcome.\n");
+        out.push_str("# TYPE flashsale_checkout_outcomes_total counter\n");
+        for (i, outcome) in CHECKOUT_OUTCOMES.iter().enumerate() {
+            let n = sum(&|c| &c.checkout_outcomes[i]);
+            let _ = writeln!(
+                out,
+                "flashsale_checkout_outcomes_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+
+        let counters: [(&str, &str, u64); 8] = [
+            (
+                "flashsale_items_sold_total",
+                "Items sold by purchases answered by this process.",
+                sum(&|c| &c.items_sold),
+            ),
+            (
+                "flashsale_sold_map_answers_total",
+                "Requests answered from the per-core known-sold map, without Redis.",
+                sum(&|c| &c.answered_from_sold_map),
+            ),
+            (
+                "flashsale_redis_errors_total",
+                "Redis calls that failed (timeout, connection, protocol).",
+                sum(&|c| &c.redis_errors),
+            ),
+            (
+                "flashsale_shed_total",
+                "Requests shed with 503 because a core had too much in flight.",
+                sum(&|c| &c.shed),
+            ),
+            (
+                "flashsale_writer_queue_full_total",
+                "Requests answered 503 because the writer queue was full.",
+                sum(&|c| &c.writer_queue_full),
+            ),
+            (
+                "flashsale_connections_total",
+                "Connections accepted.",
+                sum(&|c| &c.connections_total),
+            ),
+            (
+                "flashsale_connections_refused_total",
+                "Connections closed at once because a core was at its connection limit.",
+                sum(&|c| &c.connections_refused),
+            ),
+            (
+                "flashsale_postgres_errors_total",
+                "Postgres errors seen by the writer and the rotator.",
+                self.writer.postgres_errors.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+
+        let gauges: [(&str, &str, u64); 3] = [
+            (
+                "flashsale_connections_open",
+                "Connections open now.",
+                sum(&|c| &c.connections_open),
+            ),
+            (
+                "flashsale_writer_queue_depth",
+                "Records waiting in the channel to the Postgres writer.",
+                writer_queue_depth as u64,
+            ),
+            (
+                "flashsale_outbox_pending",
+                "Purchases in Redis outboxes not yet committed to Postgres (last sweep).",
+                self.writer.outbox_pending.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+
+        out.push_str("# HELP flashsale_writer_rows_total Rows committed to Postgres by table.\n");
+        out.push_str("# TYPE flashsale_writer_rows_total counter\n");
+        for (i, table) in TABLE_LABELS.iter().enumerate() {
+            let n = self.writer.rows_written[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "flashsale_writer_rows_total{{table=\"{table}\"}} {n}");
+        }
+
+        let mut counts = [0u64; 10];
+        let (mut overflow, mut total) = (0, 0);
+        self.writer
+            .batch_rows
+            .add_into(&mut counts, &mut overflow, &mut total);
+        out.push_str("# HELP flashsale_writer_batch_rows Rows per committed batch.\n");
+        out.push_str("# TYPE flashsale_writer_batch_rows histogram\n");
+        write_histogram(
+            &mut out,
+            "flashsale_writer_batch_rows",
+            "",
+            &BATCH_ROW_BOUNDS,
+            &counts,
+            overflow,
+            total,
+            1.0,
+        );
+
+        let mut counts = [0u64; 16];
+        let (mut overflow, mut total) = (0, 0);
+        self.writer
+            .batch_latency_us
+            .add_into(&mut counts, &mut overflow, &mut total);
+        out.push_str("# HELP flashsale_writer_batch_duration_seconds Time to commit one batch.\n");
+        out.push_str("# TYPE flashsale_writer_batch_duration_seconds histogram\n");
+        write_histogram(
+            &mut out,
+            "flashsale_writer_batch_duration_seconds",
+            "",
+            &LATENCY_BOUNDS_US,
+            &counts,
+            overflow,
+            total,
+            1e6,
+        );
+        out
+    }
+}
+
+/// Writes one histogram series; `labels` is empty or ends with a comma;
+/// bounds and sum are divided by `divisor` (1e6 turns microseconds into seconds).
+#[allow(clippy::too_many_arguments)]
+fn write_histogram<const N: usize>(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[u64; N],
+    counts: &[u64; N],
+    overflow: u64,
+    sum: u64,
+    divisor: f64,
+) {
+    let mut cumulative = 0;
+    for (bound, count) in bounds.iter().zip(counts) {
+        cumulative += count;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}le=\"{}\"}} {cumulative}",
+            *bound as f64 / divisor
+        );
+    }
+    cumulative += overflow;
+    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
+    let labels = labels.trim_end_matches(',');
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {}", sum as f64 / divisor);
+    let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_cores_and_renders_cumulative_buckets() {
+        let registry = Registry {
+            cores: Mutex::new(Vec::new()),
+            writer: WriterMetrics::new(),
+        };
+        let a = registry.register_core();
+        let b = registry.register_core();
+        a.request(Route::Checkout, 200, Duration::from_micros(80));
+        b.request(Route::Checkout, 200, Duration::from_micros(2_000_000));
+        b.request(Route::Checkout, 409, Duration::from_micros(40));
+        a.checkout_outcome("item_sold");
+        let text = registry.render(7);
+        assert!(text.contains("flashsale_requests_total{route=\"checkout\",status=\"200\"} 2"));
+        assert!(text.contains("flashsale_requests_total{route=\"checkout\",status=\"409\"} 1"));
+        assert!(text.contains(
+            "flashsale_request_duration_seconds_bucket{route=\"checkout\",le=\"0.00005\"} 1"
+        ));
+        assert!(text.contains(
+            "flashsale_request_duration_seconds_bucket{route=\"checkout\",le=\"0.0001\"} 2"
+        ));
+        assert!(text.contains(
+            "flashsale_request_duration_seconds_bucket{route=\"checkout\",le=\"+Inf\"} 3"
+        ));
+        assert!(text.contains("flashsale_request_duration_seconds_count{route=\"checkout\"} 3"));
+        assert!(text.contains("flashsale_checkout_outcomes_total{outcome=\"item_sold\"} 1"));
+        assert!(text.contains("flashsale_writer_queue_depth 7"));
+    }
+}

@@ -1,0 +1,43 @@
+//! Redis key names of a sale, built from validated integers (and a validated
+//! code) only. Every key of sale S carries the hash tag `{sale:S}`, so one
+//! sale lives in one Redis Cluster slot. The layout is described in
+//! lua/checkout.lua.
+
+pub fn meta(sale_id: i64) -> String {
+    format!("{{sale:{sale_id}}}:meta")
+}
+
+pub fn sold(sale_id: i64) -> String {
+    format!("{{sale:{sale_id}}}:sold")
+}
+
+pub fn user(sale_id: i64, user_id: i64) -> String {
+    format!("{{sale:{sale_id}}}:user:{user_id}")
+}
+
+/// Prefix of user keys, for scripts that find the user from a code.
+pub fn user_prefix(sale_id: i64) -> String {
+    format!("{{sale:{sale_id}}}:user:")
+}
+
+/// Key of a code; `code` must have passed `sale::code::parse_code`.
+pub fn code(sale_id: i64, code: &str) -> String {
+    format!("{{sale:{sale_id}}}:code:{code}")
+}
+
+pub fn outbox(sale_id: i64) -> String {
+    format!("{{sale:{sale_id}}}:outbox")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_sale_hash_tag() {
+        for key in [meta(5), sold(5), user(5, 9), code(5, "5-ab"), outbox(5)] {
+            assert!(key.starts_with("{sale:5}:"), "{key}");
+        }
+        assert_eq!(user(5, 9), format!("{}9", user_prefix(5)));
+    }
+}

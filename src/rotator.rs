@@ -1,0 +1,162 @@
+//! The timer thread that rotates sales: it keeps the current period's sale
+//! and the next one prepared (row and items in Postgres, state in Redis) and
+//! publishes them to the cores, which switch on the second by the clock.
+//! Creation is idempotent (unique start in Postgres, create-if-absent in
+//! Redis), so several instances may race and still make one sale a period.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::redis_client::keys;
+use crate::redis_client::scripts::Scripts;
+use crate::sale::schedule::{Schedule, SharedSchedule};
+use crate::sale::{SaleInfo, now_ms, period_start};
+use crate::store::PgPool;
+use crate::store::sales::{SaleRow, ensure_sale};
+
+pub struct RotatorConfig {
+    pub period_secs: i64,
+    pub items: u32,
+    pub user_limit: u32,
+    pub redis_url: String,
+    pub redis_timeout: Duration,
+}
+
+struct Rotator {
+    config: RotatorConfig,
+    pool: PgPool,
+    schedule: Arc<SharedSchedule>,
+    scripts: Arc<Scripts>,
+    redis: Option<redis::Connection>,
+    /// Sales published so far, oldest first (the last few are kept).
+    prepared: Vec<SaleInfo>,
+}
+
+/// Starts the rotator thread; it runs until `stop` is set.
+pub fn spawn(
+    config: RotatorConfig,
+    pool: PgPool,
+    schedule: Arc<SharedSchedule>,
+    scripts: Arc<Scripts>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    let mut rotator = Rotator {
+        config,
+        pool,
+        schedule,
+        scripts,
+        redis: None,
+        prepared: Vec::new(),
+    };
+    std::thread::Builder::new()
+        .name("rotator".into())
+        .spawn(move || rotator.run(&stop))
+}
+
+impl Rotator {
+    fn run(&mut self, stop: &AtomicBool) {
+        let tick =
+            Duration::from_millis((self.config.period_secs as u64 * 1000 / 4).clamp(100, 1000));
+        let mut failing = false;
+        while !stop.load(Ordering::Relaxed) {
+            match self.prepare() {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("rotator recovered");
+                    }
+                    failing = false;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::error!(error = %e, "rotator could not prepare sales; retrying");
+                    }
+                    failing = true;
+                    if e.kind() == ErrorKind::Postgres {
+                        crate::metrics::registry().writer.postgres_error();
+                    }
+                    self.redis = None;
+                }
+            }
+            std::thread::sleep(tick);
+        }
+    }
+
+    /// Makes sure the current and the next period's sales exist everywhere
+    /// and are published.
+    fn prepare(&mut self) -> Result<()> {
+        let period = self.config.period_secs;
+        let now_secs = now_ms().div_euclid(1000);
+        let current = period_start(now_secs, period);
+        for start in [current, current + period] {
+            let sale = match self.prepared.iter().find(|s| s.starts_at == start) {
+                Some(sale) => *sale,
+                None => self.create(start)?,
+            };
+            // Every tick, so that a Redis that lost its data gets the sale back.
+            self.init_redis(&sale)?;
+            if !self.prepared.iter().any(|s| s.id == sale.id) {
+                tracing::info!(
+                    sale_id = sale.id,
+                    starts_at = sale.starts_at,
+                    items = sale.items,
+                    "sale prepared"
+                );
+                self.prepared.push(sale);
+                self.prepared.sort_by_key(|s| s.starts_at);
+                let keep_from = self.prepared.len().saturating_sub(4);
+                self.prepared.drain(..keep_from);
+                self.schedule.publish(Schedule {
+                    sales: self.prepared.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, start: i64) -> Result<SaleInfo> {
+        let mut client = self.pool.get()?;
+        let row: SaleRow = ensure_sale(
+            &mut client,
+            start,
+            start + self.config.period_secs,
+            self.config.items,
+            self.config.user_limit,
+        )?;
+        Ok(SaleInfo {
+            id: row.id,
+            starts_at: row.starts_at,
+            ends_at: row.ends_at,
+            items: row.items_total,
+            user_limit: row.user_limit,
+        })
+    }
+
+    fn init_redis(&mut self, sale: &SaleInfo) -> Result<()> {
+        if self.redis.is_none() {
+            let client = redis::Client::open(self.config.redis_url.as_str())?;
+            let con = client.get_connection_with_timeout(self.config.redis_timeout)?;
+            con.set_read_timeout(Some(self.config.redis_timeout))?;
+            con.set_write_timeout(Some(self.config.redis_timeout))?;
+            self.redis = Some(con);
+        }
+        let Some(con) = self.redis.as_mut() else {
+            return Err(Error::new(
+                ErrorKind::RedisUnavailable,
+                "no redis connection",
+            ));
+        };
+        let script = redis::Script::new(self.scripts.init_sale.body);
+        let _created: i64 = script
+            .key(keys::meta(sale.id))
+            .arg(sale.id)
+            .arg(sale.starts_at)
+            .arg(sale.ends_at)
+            .arg(sale.items)
+            .arg(sale.user_limit)
+            .invoke(con)?;
+        Ok(())
+    }
+}

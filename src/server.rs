@@ -1,0 +1,194 @@
+//! The core threads: one monoio runtime per core (io_uring, or epoll where
+//! io_uring is not allowed), pinned with core_affinity, each with its own
+//! SO_REUSEPORT listener, Redis connection and API. Also their shutdown:
+//! stop accepting, let open connections finish, close.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use monoio::net::{ListenerOpts, TcpListener};
+
+use crate::api::{Api, ApiDeps, keep_sold_map_fresh};
+use crate::event::Event;
+use crate::http::Limits;
+use crate::metrics::registry;
+use crate::redis_client::scripts::Scripts;
+use crate::redis_client::{RedisClient, RedisTarget};
+use crate::sale::schedule::SharedSchedule;
+use crate::store::{PostgresHealth, RecordSender};
+
+/// How often a core refreshes its known-sold map from Redis.
+const SOLD_MAP_REFRESH: Duration = Duration::from_millis(100);
+/// How often a core looks at the process-wide shutdown flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(25);
+
+/// What every core needs; cloned into each core thread.
+#[derive(Clone)]
+pub struct CoreSetup {
+    pub listen: SocketAddr,
+    pub redis: RedisTarget,
+    pub redis_timeout: Duration,
+    pub scripts: Arc<Scripts>,
+    pub schedule: Arc<SharedSchedule>,
+    pub records: RecordSender,
+    pub postgres: Arc<PostgresHealth>,
+    pub limits: Limits,
+    pub retention_ms: i64,
+    pub max_conns: usize,
+    pub max_in_flight: usize,
+    pub shutdown_timeout: Duration,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// Starts `count` core threads; returns once every one is listening.
+pub fn start_cores(count: usize, setup: CoreSetup) -> std::io::Result<Vec<JoinHandle<()>>> {
+    if monoio::utils::detect_uring() {
+        tracing::info!(cores = count, "starting cores on io_uring");
+    } else {
+        tracing::warn!(
+            cores = count,
+            "io_uring is not available (blocked by seccomp or disabled); falling back to epoll"
+        );
+    }
+    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    let mut handles = Vec::with_capacity(count);
+    for index in 0..count {
+        let setup = setup.clone();
+        let ready = ready_tx.clone();
+        let pin = (!core_ids.is_empty()).then(|| core_ids[index % core_ids.len()]);
+        let handle = std::thread::Builder::new()
+            .name(format!("core-{index}"))
+            .spawn(move || {
+                if let Some(core) = pin
+                    && !core_affinity::set_for_current(core)
+                {
+                    tracing::warn!(core = index, "could not pin core thread");
+                }
+                run_core(setup, ready);
+            })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..count {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::Error::other("a core thread died while starting")),
+        }
+    }
+    Ok(handles)
+}
+
+fn run_core(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Result<()>>) {
+    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(4096)
+        .build();
+    let mut runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    runtime.block_on(core_main(setup, ready));
+}
+
+async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Result<()>>) {
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(4096);
+    let listener = match TcpListener::bind_with_config(setup.listen, &opts) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let redis = RedisClient::start(
+        setup.redis.clone(),
+        setup.scripts.clone(),
+        setup.redis_timeout,
+    );
+    let metrics = registry().register_core();
+    let api = Rc::new(Api::new(ApiDeps {
+        redis: redis.clone(),
+        schedule: setup.schedule.clone(),
+        records: setup.records.clone(),
+        postgres: setup.postgres.clone(),
+        metrics: metrics.clone(),
+        retention_ms: setup.retention_ms,
+        max_in_flight: setup.max_in_flight,
+    }));
+    let shutdown = Event::new();
+    monoio::spawn(watch_shutdown(setup.shutdown.clone(), shutdown.clone()));
+    monoio::spawn(keep_sold_map_fresh(
+        api.clone(),
+        SOLD_MAP_REFRESH,
+        shutdown.clone(),
+    ));
+    // Serve only once Redis answers, or after a bounded wait (then requests get 503).
+    redis.wait_connected(Duration::from_secs(5)).await;
+    let _ = ready.send(Ok(()));
+
+    let open = Rc::new(Cell::new(0usize));
+    let limits = Rc::new(setup.limits.clone());
+    loop {
+        let accepted = monoio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait() => break,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            // EMFILE and friends: back off a little instead of spinning.
+            monoio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        if open.get() >= setup.max_conns {
+            metrics.connection_refused();
+            drop(stream);
+            continue;
+        }
+        open.set(open.get() + 1);
+        metrics.connection_opened();
+        let (api, limits, shutdown, open, metrics) = (
+            api.clone(),
+            limits.clone(),
+            shutdown.clone(),
+            open.clone(),
+            metrics.clone(),
+        );
+        monoio::spawn(async move {
+            crate::http::conn::serve(stream, &*api, &limits, &shutdown).await;
+            open.set(open.get() - 1);
+            metrics.connection_closed();
+        });
+    }
+    drop(listener);
+
+    // Let connections finish what they are doing (they close when idle).
+    let deadline = Instant::now() + setup.shutdown_timeout;
+    while open.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if open.get() > 0 {
+        tracing::warn!(
+            open = open.get(),
+            "closing connections still busy at the shutdown deadline"
+        );
+    }
+    redis.stop();
+}
+
+async fn watch_shutdown(flag: Arc<AtomicBool>, shutdown: Event) {
+    while !flag.load(Ordering::Relaxed) {
+        monoio::time::sleep(SHUTDOWN_POLL).await;
+    }
+    shutdown.set();
+}

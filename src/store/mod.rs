@@ -1,0 +1,119 @@
+//! Postgres: the pool, migrations, sale rows, and the writer thread that
+//! batches records from the cores and drains the Redis purchase outboxes.
+//! Core threads only ever touch `RecordSender` (a non-blocking `try_send`)
+//! and `PostgresHealth` (an atomic); everything that blocks lives here, on
+//! the writer and rotator threads.
+
+pub mod migrate;
+pub mod outbox;
+pub mod sales;
+pub mod writer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use r2d2_postgres::PostgresConnectionManager;
+use r2d2_postgres::postgres::NoTls;
+
+use crate::error::{Error, ErrorKind, Result};
+
+pub type PgPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// Builds the pool without connecting, so that a down Postgres does not stop
+/// the process from starting; callers retry on their own schedule.
+pub fn pool(database_url: &str, size: u32) -> Result<PgPool> {
+    let config: postgres::Config = database_url
+        .parse()
+        .map_err(|e| Error::with_cause(ErrorKind::Config, "DATABASE_URL", e))?;
+    let manager = PostgresConnectionManager::new(config, NoTls);
+    Ok(r2d2::Pool::builder()
+        .max_size(size.max(1))
+        .min_idle(Some(0))
+        .connection_timeout(std::time::Duration::from_secs(2))
+        .build_unchecked(manager))
+}
+
+/// One checkout attempt, as recorded in `checkouts` (and `users`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckoutRecord {
+    pub sale_id: i64,
+    pub user_id: i64,
+    pub item_id: i64,
+    pub code: Option<String>,
+    /// `sale::CheckoutOutcome::as_str()`.
+    pub outcome: &'static str,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// What the cores hand to the writer. Purchases do not travel here: they are
+/// written to the Redis outbox by the purchase script itself, atomically with
+/// the sale, and the writer drains the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Checkout(CheckoutRecord),
+}
+
+/// The cores' end of the bounded channel to the writer.
+#[derive(Clone)]
+pub struct RecordSender {
+    tx: Sender<Record>,
+}
+
+/// The channel to the writer is full: shed the request with 503.
+#[derive(Debug)]
+pub struct QueueFull;
+
+impl RecordSender {
+    /// Never blocks.
+    pub fn try_send(&self, record: Record) -> std::result::Result<(), QueueFull> {
+        match self.tx.try_send(record) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(QueueFull),
+        }
+    }
+
+    /// Whether a record would fit now (checked before work that must be recorded).
+    pub fn has_room(&self) -> bool {
+        self.tx.capacity().is_none_or(|cap| self.tx.len() < cap)
+    }
+
+    /// Records waiting for the writer.
+    pub fn len(&self) -> usize {
+        self.tx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
+}
+
+/// The bounded channel from the cores to the writer.
+pub fn record_channel(capacity: usize) -> (RecordSender, Receiver<Record>) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+    (RecordSender { tx }, rx)
+}
+
+/// Whether Postgres answered the writer's last statement or probe.
+#[derive(Debug)]
+pub struct PostgresHealth {
+    up: AtomicBool,
+}
+
+impl Default for PostgresHealth {
+    fn default() -> Self {
+        PostgresHealth {
+            up: AtomicBool::new(false),
+        }
+    }
+}
+
+impl PostgresHealth {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,398 @@
+//! The per-sale purchase outbox in Redis: `purchase.lua` appends one stream
+//! entry per sold item (`XADD {sale:S}:outbox * item I user U code C at MS`)
+//! atomically with the sale; this module reads those entries (XRANGE), parses
+//! them, and deletes them (XDEL) once the writer has committed them to
+//! Postgres. Blocking; runs on the writer thread only.
+
+use redis::Value;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// One sold item, as appended by `purchase.lua`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The stream entry id (`<ms>-<seq>`), used to XDEL after commit.
+    pub stream_id: String,
+    pub sale_id: i64,
+    pub item_id: i64,
+    pub user_id: i64,
+    pub code: String,
+    /// Unix milliseconds of the purchase.
+    pub at_ms: i64,
+}
+
+/// What one XRANGE returned.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OutboxBatch {
+    /// The well-formed entries, in stream order.
+    pub entries: Vec<OutboxEntry>,
+    /// Ids of entries that could not be parsed (logged; left in the stream).
+    pub malformed: Vec<String>,
+    /// The id of the last entry returned, well formed or not: the cursor for
+    /// the next read.
+    pub last_id: Option<String>,
+    /// How many entries the reply held; fewer than asked means the end.
+    pub raw_count: usize,
+}
+
+/// The stream key of sale `sale_id` (same hash tag as the sale's other keys).
+pub fn outbox_key(sale_id: i64) -> String {
+    format!("{{sale:{sale_id}}}:outbox")
+}
+
+/// Where entries that can never be recorded are moved when their sale is
+/// closed out, for an operator to inspect.
+pub fn dead_letter_key(sale_id: i64) -> String {
+    format!("{{sale:{sale_id}}}:outbox:dead")
+}
+
+/// Up to `count` entries from the head of the outbox; malformed entries are
+/// logged and skipped.
+pub fn read(con: &mut redis::Connection, sale_id: i64, count: usize) -> Result<Vec<OutboxEntry>> {
+    let batch = read_after(con, sale_id, None, count)?;
+    for id in &batch.malformed {
+        tracing::error!(sale_id, stream_id = %id, "malformed outbox entry skipped (left in the stream)");
+    }
+    Ok(batch.entries)
+}
+
+/// Up to `count` entries after the entry id `after` (from the head when
+/// `None`). Malformed entries are reported in the batch; the caller logs them.
+pub fn read_after(
+    con: &mut redis::Connection,
+    sale_id: i64,
+    after: Option<&str>,
+    count: usize,
+) -> Result<OutboxBatch> {
+    let start = match after {
+        Some(id) => format!("({id}"),
+        None => "-".to_owned(),
+    };
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(outbox_key(sale_id))
+        .arg(start)
+        .arg("+")
+        .arg("COUNT")
+        .arg(count.max(1))
+        .query(con)?;
+    parse_xrange(sale_id, &reply)
+}
+
+/// Deletes committed entries from the outbox.
+pub fn ack(con: &mut redis::Connection, sale_id: i64, ids: &[String]) -> Result<()> {
+    // XDEL takes many ids; keep each command to a sane size.
+    for chunk in ids.chunks(1000) {
+        let _: i64 = redis::cmd("XDEL")
+            .arg(outbox_key(sale_id))
+            .arg(chunk)
+            .query(con)?;
+    }
+    Ok(())
+}
+
+/// Entries still in the outbox.
+pub fn len(con: &mut redis::Connection, sale_id: i64) -> Result<u64> {
+    let n: u64 = redis::cmd("XLEN").arg(outbox_key(sale_id)).query(con)?;
+    Ok(n)
+}
+
+/// Deletes the (empty) outbox of a closed-out sale.
+pub fn delete(con: &mut redis::Connection, sale_id: i64) -> Result<()> {
+    let _: i64 = redis::cmd("DEL").arg(outbox_key(sale_id)).query(con)?;
+    Ok(())
+}
+
+/// Moves what is left in the outbox to the dead-letter key (kept, never
+/// deleted by the server).
+pub fn move_to_dead_letter(con: &mut redis::Connection, sale_id: i64) -> Result<()> {
+    // A missing outbox means there is nothing left (or it was moved on an
+    // earlier attempt whose Postgres update then failed).
+    let exists: i64 = redis::cmd("EXISTS").arg(outbox_key(sale_id)).query(con)?;
+    if exists == 0 {
+        return Ok(());
+    }
+    let moved: i64 = redis::cmd("RENAMENX")
+        .arg(outbox_key(sale_id))
+        .arg(dead_letter_key(sale_id))
+        .query(con)?;
+    if moved == 0 {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            "outbox dead-letter key already exists",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses an XRANGE reply: an array of `[id, [field, value, ...]]`.
+pub fn parse_xrange(sale_id: i64, reply: &Value) -> Result<OutboxBatch> {
+    let entries = match reply {
+        Value::Array(items) | Value::Set(items) => items.as_slice(),
+        Value::Nil => &[],
+        Value::ServerError(e) => {
+            return Err(Error::with_cause(
+                ErrorKind::RedisProtocol,
+                "XRANGE",
+                format!("{e:?}"),
+            ));
+        }
+        _ => {
+            return Err(Error::new(
+                ErrorKind::RedisProtocol,
+                "XRANGE reply is not an array",
+            ));
+        }
+    };
+    let mut batch = OutboxBatch {
+        raw_count: entries.len(),
+        ..OutboxBatch::default()
+    };
+    for raw in entries {
+        let Value::Array(parts) = raw else {
+            // Not even an id to skip past: the reply as a whole is unusable.
+            return Err(Error::new(
+                ErrorKind::RedisProtocol,
+                "XRANGE entry is not an array",
+            ));
+        };
+        let Some(id) = parts.first().and_then(as_str) else {
+            return Err(Error::new(
+                ErrorKind::RedisProtocol,
+                "XRANGE entry has no id",
+            ));
+        };
+        let id = id.to_owned();
+        match parts
+            .get(1)
+            .and_then(|fields| parse_fields(sale_id, &id, fields))
+        {
+            Some(entry) => batch.entries.push(entry),
+            None => batch.malformed.push(id.clone()),
+        }
+        batch.last_id = Some(id);
+    }
+    Ok(batch)
+}
+
+fn parse_fields(sale_id: i64, id: &str, fields: &Value) -> Option<OutboxEntry> {
+    let pairs: Vec<(&str, &str)> = match fields {
+        Value::Array(flat) => {
+            if flat.len() % 2 != 0 {
+                return None;
+            }
+            flat.chunks_exact(2)
+                .map(|kv| Some((as_str(&kv[0])?, as_str(&kv[1])?)))
+                .collect::<Option<_>>()?
+        }
+        Value::Map(map) => map
+            .iter()
+            .map(|(k, v)| Some((as_str(k)?, as_str(v)?)))
+            .collect::<Option<_>>()?,
+        _ => return None,
+    };
+    let field = |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    let item_id: i64 = field("item")?.parse().ok()?;
+    let user_id: i64 = field("user")?.parse().ok()?;
+    let code = field("code")?;
+    let at_ms: i64 = field("at")?.parse().ok()?;
+    // The item must be one of this sale's, or Postgres would refuse the row.
+    let (item_sale, _) = crate::sale::split_item_id(item_id)?;
+    if item_sale != sale_id || user_id <= 0 || code.is_empty() || at_ms < 0 {
+        return None;
+    }
+    Some(OutboxEntry {
+        stream_id: id.to_owned(),
+        sale_id,
+        item_id,
+        user_id,
+        code: code.to_owned(),
+        at_ms,
+    })
+}
+
+fn as_str(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        Value::VerbatimString { text, .. } => Some(text),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> Value {
+        let mut flat = Vec::new();
+        for (k, v) in fields {
+            flat.push(bulk(k));
+            flat.push(bulk(v));
+        }
+        Value::Array(vec![bulk(id), Value::Array(flat)])
+    }
+
+    fn good(id: &str, item: i64) -> Value {
+        let item = item.to_string();
+        entry(
+            id,
+            &[
+                ("item", &item),
+                ("user", "77"),
+                ("code", "abc"),
+                ("at", "1700000000123"),
+            ],
+        )
+    }
+
+    #[test]
+    fn key_uses_the_sale_hash_tag() {
+        assert_eq!(outbox_key(42), "{sale:42}:outbox");
+        assert_eq!(dead_letter_key(42), "{sale:42}:outbox:dead");
+    }
+
+    #[test]
+    fn parses_well_formed_entries_in_order() {
+        let reply = Value::Array(vec![good("1-0", 3_000_001), good("1-1", 3_000_002)]);
+        let batch = parse_xrange(3, &reply).unwrap();
+        assert_eq!(batch.raw_count, 2);
+        assert!(batch.malformed.is_empty());
+        assert_eq!(batch.last_id.as_deref(), Some("1-1"));
+        assert_eq!(
+            batch.entries[0],
+            OutboxEntry {
+                stream_id: "1-0".into(),
+                sale_id: 3,
+                item_id: 3_000_001,
+                user_id: 77,
+                code: "abc".into(),
+                at_ms: 1_700_000_000_123,
+            }
+        );
+        assert_eq!(batch.entries[1].item_id, 3_000_002);
+    }
+
+    #[test]
+    fn field_order_does_not_matter() {
+        let reply = Value::Array(vec![entry(
+            "5-0",
+            &[
+                ("at", "9"),
+                ("code", "c"),
+                ("user", "1"),
+                ("item", "2000001"),
+            ],
+        )]);
+        let batch = parse_xrange(2, &reply).unwrap();
+        assert_eq!(batch.entries.len(), 1);
+        assert_eq!(batch.entries[0].at_ms, 9);
+    }
+
+    #[test]
+    fn resp3_map_fields_are_accepted() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("7-0"),
+            Value::Map(vec![
+                (bulk("item"), bulk("2000005")),
+                (bulk("user"), bulk("4")),
+                (bulk("code"), bulk("k")),
+                (bulk("at"), bulk("10")),
+            ]),
+        ])]);
+        let batch = parse_xrange(2, &reply).unwrap();
+        assert_eq!(batch.entries.len(), 1);
+        assert_eq!(batch.entries[0].item_id, 2_000_005);
+    }
+
+    #[test]
+    fn malformed_entries_are_skipped_not_fatal() {
+        let reply = Value::Array(vec![
+            good("1-0", 3_000_001),
+            // not a number
+            entry(
+                "1-1",
+                &[("item", "x"), ("user", "1"), ("code", "c"), ("at", "1")],
+            ),
+            // missing field
+            entry("1-2", &[("item", "3000003"), ("user", "1"), ("at", "1")]),
+            // item of another sale
+            entry(
+                "1-3",
+                &[
+                    ("item", "4000001"),
+                    ("user", "1"),
+                    ("code", "c"),
+                    ("at", "1"),
+                ],
+            ),
+            // odd field list
+            Value::Array(vec![bulk("1-4"), Value::Array(vec![bulk("item")])]),
+            // fields not an array
+            Value::Array(vec![bulk("1-5"), Value::Int(3)]),
+            // no fields at all
+            Value::Array(vec![bulk("1-6")]),
+            // non-positive user
+            entry(
+                "1-7",
+                &[
+                    ("item", "3000004"),
+                    ("user", "0"),
+                    ("code", "c"),
+                    ("at", "1"),
+                ],
+            ),
+            // empty code
+            entry(
+                "1-8",
+                &[
+                    ("item", "3000004"),
+                    ("user", "2"),
+                    ("code", ""),
+                    ("at", "1"),
+                ],
+            ),
+            // invalid utf-8
+            Value::Array(vec![
+                bulk("1-9"),
+                Value::Array(vec![bulk("item"), Value::BulkString(vec![0xff, 0xfe])]),
+            ]),
+            good("2-0", 3_000_009),
+        ]);
+        let batch = parse_xrange(3, &reply).unwrap();
+        assert_eq!(
+            batch.entries.iter().map(|e| e.item_id).collect::<Vec<_>>(),
+            vec![3_000_001, 3_000_009]
+        );
+        assert_eq!(
+            batch.malformed,
+            vec![
+                "1-1", "1-2", "1-3", "1-4", "1-5", "1-6", "1-7", "1-8", "1-9"
+            ]
+        );
+        assert_eq!(batch.last_id.as_deref(), Some("2-0"));
+        assert_eq!(batch.raw_count, 11);
+    }
+
+    #[test]
+    fn empty_and_nil_replies_are_empty() {
+        let batch = parse_xrange(1, &Value::Array(vec![])).unwrap();
+        assert_eq!(batch, OutboxBatch::default());
+        assert_eq!(
+            parse_xrange(1, &Value::Nil).unwrap(),
+            OutboxBatch::default()
+        );
+    }
+
+    #[test]
+    fn unusable_replies_are_errors_not_panics() {
+        assert!(parse_xrange(1, &Value::Int(1)).is_err());
+        assert!(parse_xrange(1, &Value::Okay).is_err());
+        assert!(parse_xrange(1, &Value::Array(vec![Value::Int(1)])).is_err());
+        assert!(parse_xrange(1, &Value::Array(vec![Value::Array(vec![])])).is_err());
+        assert!(parse_xrange(1, &Value::Array(vec![Value::Array(vec![Value::Nil])])).is_err());
+    }
+}

@@ -1,0 +1,1106 @@
+//! The writer thread ("pg-writer"): batches the cores' checkout records into
+//! Postgres (many rows per statement), drains the per-sale Redis purchase
+//! outboxes into `purchases` (XDEL only after commit, so a killed process
+//! loses nothing and the next start replays what is left), probes Postgres
+//! to keep `PostgresHealth` true, and backs off while Postgres is down
+//! without dropping or endlessly buffering records.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use postgres::Client;
+
+use crate::error::{Error, ErrorKind};
+use crate::metrics::{self, Table};
+
+use super::outbox::{self, OutboxEntry};
+use super::sales::{self, SaleRow};
+use super::{CheckoutRecord, PgPool, PostgresHealth, Record};
+
+/// The writer's knobs.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Most rows in one INSERT.
+    pub batch_rows: usize,
+    /// Longest the first record of a batch waits before the batch is flushed.
+    pub flush_after: Duration,
+    /// Where the purchase outboxes live.
+    pub redis_url: String,
+}
+
+/// While Postgres is down the writer holds at most this many batches; past
+/// that it stops pulling from the channel, which fills, and the cores shed
+/// with 503.
+const HELD_BATCHES: usize = 4;
+/// How often the outboxes are read.
+const OUTBOX_INTERVAL: Duration = Duration::from_millis(10);
+/// Entries per XRANGE (and so per purchases transaction).
+const OUTBOX_READ: usize = 5_000;
+/// XRANGE rounds per sale in one ordinary pass, so a purchase storm cannot
+/// starve the checkout batches.
+const OUTBOX_ROUNDS: usize = 4;
+/// How often the list of sales to drain is re-read (and outboxes re-read
+/// from their head).
+const SALES_REFRESH: Duration = Duration::from_secs(1);
+/// A sale is closed out (outbox deleted, row marked drained) this long after
+/// its end, once its outbox is empty.
+const CLOSE_OUT_AFTER_SECS: i64 = 60;
+/// Probe Postgres when it has not been talked to for this long.
+const PROBE_IDLE: Duration = Duration::from_secs(1);
+/// ... and more often while it is down, so that health comes back quickly.
+const PROBE_DOWN: Duration = Duration::from_millis(500);
+/// Longest wait for a pooled connection.
+const POOL_WAIT: Duration = Duration::from_secs(1);
+/// Redis connect and IO timeouts.
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const REDIS_IO_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest the loop sleeps when it is not waiting on the channel.
+const IDLE_TICK: Duration = Duration::from_millis(10);
+/// How long `shutdown_and_join` waits past the deadline for the thread to
+/// notice it (it may be inside a blocking call).
+const JOIN_GRACE: Duration = Duration::from_secs(2);
+
+const USERS_SQL: &str = "INSERT INTO users (id, first_seen_at)
+     SELECT u.id, to_timestamp(u.ms / 1000.0)
+     FROM UNNEST($1::bigint[], $2::bigint[]) AS u (id, ms)
+     ON CONFLICT (id) DO NOTHING";
+
+const CHECKOUTS_SQL: &str =
+    "INSERT INTO checkouts (sale_id, user_id, item_id, code, outcome, created_at)
+     SELECT c.sale_id, c.user_id, c.item_id, c.code, c.outcome, to_timestamp(c.ms / 1000.0)
+     FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bigint[])
+          AS c (sale_id, user_id, item_id, code, outcome, ms)";
+
+const PURCHASES_SQL: &str = "INSERT INTO purchases (sale_id, item_id, user_id, code, created_at)
+     SELECT p.sale_id, p.item_id, p.user_id, p.code, to_timestamp(p.ms / 1000.0)
+     FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[])
+          AS p (sale_id, item_id, user_id, code, ms)
+     ON CONFLICT DO NOTHING";
+
+/// The running writer thread.
+pub struct WriterHandle {
+    thread: JoinHandle<()>,
+    stop: Arc<Stop>,
+    /// Disconnected when the thread has exited (its sender is dropped).
+    done: Receiver<()>,
+}
+
+/// The shutdown deadline, set once by `shutdown_and_join`.
+#[derive(Default)]
+struct Stop {
+    deadline: Mutex<Option<Instant>>,
+}
+
+impl Stop {
+    fn request(&self, at: Instant) {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Starts the writer thread.
+pub fn spawn(
+    config: WriterConfig,
+    pool: PgPool,
+    records: Receiver<Record>,
+    health: Arc<PostgresHealth>,
+) -> std::io::Result<WriterHandle> {
+    let stop = Arc::new(Stop::default());
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+    let writer = Writer::new(config, pool, records, health, stop.clone());
+    let thread = std::thread::Builder::new()
+        .name("pg-writer".into())
+        .spawn(move || {
+            let _done = done_tx;
+            writer.run();
+        })?;
+    Ok(WriterHandle { thread, stop, done })
+}
+
+impl WriterHandle {
+    /// Lets the writer finish: it exits once the channel is closed (every
+    /// sender dropped), everything received is committed and the outboxes
+    /// are drained once more, or when `deadline` has passed (what is left is
+    /// logged; outbox entries stay in Redis and are replayed on next start).
+    pub fn shutdown_and_join(self, deadline: Duration) {
+        self.stop.request(Instant::now() + deadline);
+        match self.done.recv_timeout(deadline + JOIN_GRACE) {
+            Err(RecvTimeoutError::Disconnected) | Ok(()) => {
+                if self.thread.join().is_err() {
+                    tracing::error!("the Postgres writer thread panicked");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::error!("the Postgres writer did not stop in time; leaving it behind");
+            }
+        }
+    }
+}
+
+/// Exponential backoff: 50 ms, doubling, capped at 5 s.
+#[derive(Debug, Default)]
+struct Backoff {
+    delay: Option<Duration>,
+    until: Option<Instant>,
+    failures: u32,
+}
+
+impl Backoff {
+    /// Records a failure; returns how long to wait.
+    fn fail(&mut self, now: Instant) -> Duration {
+        let next = self
+            .delay
+            .map_or(BACKOFF_MIN, |d| d.saturating_mul(2).min(BACKOFF_MAX));
+        self.delay = Some(next);
+        self.until = Some(now + next);
+        self.failures = self.failures.saturating_add(1);
+        next
+    }
+
+    /// Records a success; returns how many failures it ends.
+    fn reset(&mut self) -> u32 {
+        self.delay = None;
+        self.until = None;
+        std::mem::take(&mut self.failures)
+    }
+
+    fn ready(&self, now: Instant) -> bool {
+        self.until.is_none_or(|u| now >= u)
+    }
+
+    fn failing(&self) -> bool {
+        self.failures > 0
+    }
+}
+
+/// Why an outbox pass stopped early.
+enum DrainError {
+    Postgres(Error),
+    Redis(Error),
+}
+
+struct Writer {
+    config: WriterConfig,
+    pool: PgPool,
+    records: Receiver<Record>,
+    health: Arc<PostgresHealth>,
+    stop: Arc<Stop>,
+    metrics: &'static metrics::WriterMetrics,
+
+    /// Received checkout records not yet committed, oldest first.
+    pending: VecDeque<CheckoutRecord>,
+    /// When the oldest pending record arrived.
+    oldest: Option<Instant>,
+    /// Every sender is gone.
+    closed: bool,
+
+    pg: Backoff,
+    last_pg_contact: Instant,
+
+    redis_client: Option<redis::Client>,
+    redis: Option<redis::Connection>,
+    redis_backoff: Backoff,
+
+    /// Sales whose outboxes are watched, and when that list was read.
+    sales: Vec<SaleRow>,
+    sales_read_at: Option<Instant>,
+    /// Per sale, the id of the last entry handled (committed and deleted, or
+    /// known bad); reads continue after it. Reset on errors and refreshes.
+    cursors: HashMap<i64, String>,
+    /// Per sale, entries that can never be recorded (malformed, or refused
+    /// by Postgres constraints): logged once, left in the stream.
+    bad: HashMap<i64, HashSet<String>>,
+    next_outbox: Instant,
+}
+
+impl Writer {
+    fn new(
+        config: WriterConfig,
+        pool: PgPool,
+        records: Receiver<Record>,
+        health: Arc<PostgresHealth>,
+        stop: Arc<Stop>,
+    ) -> Self {
+        let now = Instant::now();
+        let config = WriterConfig {
+            batch_rows: config.batch_rows.max(1),
+            ..config
+        };
+        Writer {
+            config,
+            pool,
+            records,
+            health,
+            stop,
+            metrics: &metrics::registry().writer,
+            pending: VecDeque::new(),
+            oldest: None,
+            closed: false,
+            pg: Backoff::default(),
+            // Probe at once: health starts down until Postgres answers.
+            last_pg_contact: now.checked_sub(PROBE_IDLE).unwrap_or(now),
+            redis_client: None,
+            redis: None,
+            redis_backoff: Backoff::default(),
+            sales: Vec::new(),
+            sales_read_at: None,
+            cursors: HashMap::new(),
+            bad: HashMap::new(),
+            // The first pass, at once, replays what a killed process left.
+            next_outbox: now,
+        }
+    }
+
+    fn run(mut self) {
+        tracing::info!(
+            batch_rows = self.config.batch_rows,
+            flush_after = %humantime::format_duration(self.config.flush_after),
+            "Postgres writer started"
+        );
+        loop {
+            if let Some(deadline) = self.stop.deadline()
+                && Instant::now() >= deadline
+            {
+                self.log_leftovers();
+                return;
+            }
+            self.receive();
+
+            let now = Instant::now();
+            if self.pg.ready(now) {
+                self.flush_checkouts();
+            }
+            let now = Instant::now();
+            if self.pg.ready(now) && now >= self.next_outbox {
+                self.next_outbox = now + OUTBOX_INTERVAL;
+                match self.drain_outboxes(false) {
+                    // More is waiting: come back at once.
+                    Ok(true) => self.next_outbox = Instant::now(),
+                    Ok(false) => {}
+                    Err(e) => self.drain_failed(e),
+                }
+            }
+            if self.probe_due(Instant::now()) {
+                self.probe();
+            }
+
+            if self.closed && self.pending.is_empty() && self.pg.ready(Instant::now()) {
+                // Everything received is committed: one more full outbox pass.
+                match self.drain_outboxes(true) {
+                    Ok(_) => {
+                        tracing::info!("Postgres writer flushed and stopped");
+                        return;
+                    }
+                    Err(e) => self.drain_failed(e),
+                }
+            }
+        }
+    }
+
+    /// How many records the writer holds before it stops pulling: a batch
+    /// when Postgres keeps up, a few batches while it is failing.
+    fn hold_limit(&self, now: Instant) -> usize {
+        if self.pg.ready(now) && !self.pg.failing() {
+            self.config.batch_rows
+        } else {
+            self.config.batch_rows.saturating_mul(HELD_BATCHES)
+        }
+    }
+
+    /// Waits for records (or until the next timed duty) and takes what is
+    /// there, up to the hold limit.
+    fn receive(&mut self) {
+        let now = Instant::now();
+        let wait = self.next_wakeup(now).saturating_duration_since(now);
+        let limit = self.hold_limit(now);
+        if self.closed || self.pending.len() >= limit {
+            std::thread::sleep(wait.min(IDLE_TICK));
+            return;
+        }
+        match self.records.recv_timeout(wait) {
+            Ok(record) => self.push(record),
+            Err(RecvTimeoutError::Timeout) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                self.closed = true;
+                return;
+            }
+        }
+        while self.pending.len() < limit {
+            match self.records.try_recv() {
+                Ok(record) => self.push(record),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, record: Record) {
+        match record {
+            Record::Checkout(checkout) => {
+                if self.pending.is_empty() {
+                    self.oldest = Some(Instant::now());
+                }
+                self.pending.push_back(checkout);
+            }
+        }
+    }
+
+    /// The next moment something timed is due.
+    fn next_wakeup(&self, now: Instant) -> Instant {
+        let mut at = now + IDLE_TICK.max(self.config.flush_after);
+        let mut consider = |t: Instant| at = at.min(t);
+        consider(self.next_outbox);
+        consider(self.last_pg_contact + self.probe_interval());
+        if let Some(until) = self.pg.until {
+            consider(until);
+        }
+        if let Some(oldest) = self.oldest
+            && !self.pending.is_empty()
+        {
+            consider(oldest + self.config.flush_after);
+        }
+        if let Some(deadline) = self.stop.deadline() {
+            consider(deadline);
+        }
+        at.max(now)
+    }
+
+    fn flush_due(&self, now: Instant) -> bool {
+        !self.pending.is_empty()
+            && (self.closed
+                || self.stop.deadline().is_some()
+                || self.pending.len() >= self.config.batch_rows
+                || self
+                    .oldest
+                    .is_none_or(|t| now >= t + self.config.flush_after))
+    }
+
+    /// Writes due batches until none is due or Postgres fails.
+    fn flush_checkouts(&mut self) {
+        while self.flush_due(Instant::now()) && self.pg.ready(Instant::now()) {
+            let n = self.pending.len().min(self.config.batch_rows);
+            let started = Instant::now();
+            let mut client = match self.pool.get_timeout(POOL_WAIT) {
+                Ok(client) => client,
+                Err(e) => {
+                    self.pg_failed(Error::from(e), "checkouts batch");
+                    return;
+                }
+            };
+            let batch = &self.pending.make_contiguous()[..n];
+            let mut users = 0u64;
+            let mut rows = 0u64;
+            let outcome = write_bisecting(
+                batch,
+                |part| {
+                    let (u, r) = insert_checkouts(&mut client, part)?;
+                    users += u;
+                    rows += r;
+                    Ok(())
+                },
+                is_data_error,
+            );
+            drop(client);
+            for &i in &outcome.rejected {
+                tracing::error!(record = ?batch[i], "checkout record refused by Postgres constraints; dropped");
+                self.metrics.postgres_error();
+            }
+            // Keep only what was neither committed nor refused, in order.
+            let mut kept = Vec::new();
+            for (i, record) in self.pending.drain(..n).enumerate() {
+                if !outcome.done[i] {
+                    kept.push(record);
+                }
+            }
+            for record in kept.into_iter().rev() {
+                self.pending.push_front(record);
+            }
+            if rows > 0 || users > 0 {
+                let elapsed = started.elapsed();
+                self.metrics.batch(Table::Checkouts, rows as usize, elapsed);
+                self.metrics.batch(Table::Users, users as usize, elapsed);
+            }
+            match outcome.error {
+                None => {
+                    self.pg_ok();
+                    if self.pending.is_empty() {
+                        self.oldest = None;
+                    }
+                }
+                Some(e) => {
+                    self.pg_failed(Error::from(e), "checkouts batch");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn probe_interval(&self) -> Duration {
+        if self.health.is_up() {
+            PROBE_IDLE
+        } else {
+            PROBE_DOWN
+        }
+    }
+
+    fn probe_due(&self, now: Instant) -> bool {
+        now >= self.last_pg_contact + self.probe_interval()
+    }
+
+    /// `SELECT 1`: keeps health true when idle, and ends the backoff as soon
+    /// as Postgres is back.
+    fn probe(&mut self) {
+        let result = self
+            .pool
+            .get_timeout(POOL_WAIT)
+            .map_err(Error::from)
+            .and_then(|mut c| c.simple_query("SELECT 1").map_err(Error::from));
+        match result {
+            Ok(_) => self.pg_ok(),
+            Err(e) => self.pg_failed(e, "probe"),
+        }
+    }
+
+    fn pg_ok(&mut self) {
+        self.last_pg_contact = Instant::now();
+        if !self.health.is_up() {
+            tracing::info!("Postgres is up");
+        }
+        self.health.set(true);
+        let failures = self.pg.reset();
+        if failures > 0 {
+            tracing::info!(
+                failures,
+                held = self.pending.len(),
+                "Postgres is back; writing again"
+            );
+        }
+    }
+
+    fn pg_failed(&mut self, e: Error, during: &'static str) {
+        let now = Instant::now();
+        self.last_pg_contact = now;
+        self.health.set(false);
+        self.metrics.postgres_error();
+        let first = !self.pg.failing();
+        let retry_in = self.pg.fail(now);
+        if first {
+            tracing::error!(error = %e, during, held = self.pending.len(), "Postgres failed; holding records and retrying");
+        } else {
+            tracing::debug!(error = %e, during, retry_in = ?retry_in, "Postgres still failing");
+        }
+    }
+
+    fn drain_failed(&mut self, e: DrainError) {
+        match e {
+            DrainError::Postgres(e) => self.pg_failed(e, "outbox drain"),
+            DrainError::Redis(e) => {
+                self.redis = None;
+                let first = !self.redis_backoff.failing();
+                let retry_in = self.redis_backoff.fail(Instant::now());
+                if first {
+                    tracing::warn!(error = %e, "Redis failed during the outbox drain; will reconnect");
+                } else {
+                    tracing::debug!(error = %e, retry_in = ?retry_in, "Redis still failing (outbox drain)");
+                }
+            }
+        }
+        // Anything read but not deleted is read again from the head.
+        self.cursors.clear();
+    }
+
+    /// Connects to Redis if needed (respecting the backoff).
+    fn redis_connection(&mut self) -> Result<Option<&mut redis::Connection>, DrainError> {
+        if self.redis.is_none() {
+            if !self.redis_backoff.ready(Instant::now()) {
+                return Ok(None);
+            }
+            let client = match &self.redis_client {
+                Some(client) => client,
+                None => {
+                    let client = redis::Client::open(self.config.redis_url.as_str())
+                        .map_err(|e| DrainError::Redis(e.into()))?;
+                    self.redis_client.insert(client)
+                }
+            };
+            let con = client
+                .get_connection_with_timeout(REDIS_CONNECT_TIMEOUT)
+                .map_err(|e| DrainError::Redis(e.into()))?;
+            con.set_read_timeout(Some(REDIS_IO_TIMEOUT))
+                .and_then(|()| con.set_write_timeout(Some(REDIS_IO_TIMEOUT)))
+                .map_err(|e| DrainError::Redis(e.into()))?;
+            if self.redis_backoff.reset() > 0 {
+                tracing::info!("Redis is back; draining outboxes again");
+            }
+            self.redis = Some(con);
+        }
+        Ok(self.redis.as_mut())
+    }
+
+    /// One pass over every watched outbox. `full` reads each to its end (at
+    /// shutdown). Returns whether more entries are waiting.
+    fn drain_outboxes(&mut self, full: bool) -> Result<bool, DrainError> {
+        if self.redis_connection()?.is_none() {
+            return if full {
+                Err(DrainError::Redis(Error::new(
+                    ErrorKind::RedisUnavailable,
+                    "backing off",
+                )))
+            } else {
+                Ok(false)
+            };
+        }
+        let now = Instant::now();
+        let refresh = full || self.sales_read_at.is_none_or(|t| now >= t + SALES_REFRESH);
+        if refresh {
+            let mut client = self
+                .pool
+                .get_timeout(POOL_WAIT)
+                .map_err(|e| DrainError::Postgres(e.into()))?;
+            self.sales = sales::sales_to_drain(&mut client).map_err(DrainError::Postgres)?;
+            drop(client);
+            self.pg_ok();
+            self.sales_read_at = Some(now);
+            // Re-read every outbox from its head now and then: picks up
+            // entries committed but not deleted by an earlier failure.
+            self.cursors.clear();
+            let watched: HashSet<i64> = self.sales.iter().map(|s| s.id).collect();
+            self.bad.retain(|id, _| watched.contains(id));
+        }
+
+        let mut more = false;
+        let mut pending = 0u64;
+        let now_secs = crate::sale::now_ms() / 1000;
+        for sale in self.sales.clone() {
+            more |= self.drain_sale(sale.id, full)?;
+            let con = self
+                .redis_connection()?
+                .ok_or(DrainError::Redis(Error::new(
+                    ErrorKind::RedisUnavailable,
+                    "connection lost",
+                )))?;
+            let left = outbox::len(con, sale.id).map_err(DrainError::Redis)?;
+            pending += left;
+            if refresh && now_secs >= sale.ends_at + CLOSE_OUT_AFTER_SECS {
+                self.close_out(sale.id, left)?;
+            }
+        }
+        self.metrics.set_outbox_pending(pending);
+        Ok(more)
+    }
+
+    /// Reads, commits and deletes one sale's outbox entries. Returns whether
+    /// more are waiting after the rounds allowed.
+    fn drain_sale(&mut self, sale_id: i64, full: bool) -> Result<bool, DrainError> {
+        let mut rounds = 0;
+        loop {
+            let cursor = self.cursors.get(&sale_id).cloned();
+            let con = self
+                .redis_connection()?
+                .ok_or(DrainError::Redis(Error::new(
+                    ErrorKind::RedisUnavailable,
+                    "connection lost",
+                )))?;
+            let mut batch = outbox::read_after(con, sale_id, cursor.as_deref(), OUTBOX_READ)
+                .map_err(DrainError::Redis)?;
+            let bad = self.bad.entry(sale_id).or_default();
+            for id in batch.malformed.drain(..) {
+                if bad.insert(id.clone()) {
+                    tracing::error!(sale_id, stream_id = %id, "malformed outbox entry; left in the stream");
+                }
+            }
+            batch.entries.retain(|e| !bad.contains(&e.stream_id));
+            if !batch.entries.is_empty() {
+                self.commit_purchases(sale_id, &batch.entries)?;
+            }
+            match batch.last_id {
+                Some(last) => {
+                    self.cursors.insert(sale_id, last);
+                }
+                None => return Ok(false),
+            }
+            if batch.raw_count < OUTBOX_READ {
+                return Ok(false);
+            }
+            rounds += 1;
+            if !full && rounds >= OUTBOX_ROUNDS {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// One transaction of users and purchases, then XDEL of what committed.
+    fn commit_purchases(
+        &mut self,
+        sale_id: i64,
+        entries: &[OutboxEntry],
+    ) -> Result<(), DrainError> {
+        let started = Instant::now();
+        let mut client = self
+            .pool
+            .get_timeout(POOL_WAIT)
+            .map_err(|e| DrainError::Postgres(e.into()))?;
+        let mut users = 0u64;
+        let mut rows = 0u64;
+        let outcome = write_bisecting(
+            entries,
+            |part| {
+                let (u, r) = insert_purchases(&mut client, part)?;
+                users += u;
+                rows += r;
+                Ok(())
+            },
+            is_data_error,
+        );
+        drop(client);
+        let elapsed = started.elapsed();
+        let bad = self.bad.entry(sale_id).or_default();
+        for &i in &outcome.rejected {
+            let entry = &entries[i];
+            if bad.insert(entry.stream_id.clone()) {
+                tracing::error!(
+                    ?entry,
+                    "outbox entry refused by Postgres constraints; left in the stream"
+                );
+                self.metrics.postgres_error();
+            }
+        }
+        let rejected: HashSet<usize> = outcome.rejected.iter().copied().collect();
+        let committed: Vec<String> = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| outcome.done[*i] && !rejected.contains(i))
+            .map(|(_, e)| e.stream_id.clone())
+            .collect();
+        if rows > 0 || users > 0 {
+            self.metrics.batch(Table::Purchases, rows as usize, elapsed);
+            self.metrics.batch(Table::Users, users as usize, elapsed);
+        }
+        // Delete what is committed, even when a later part failed.
+        let ack = match self.redis_connection() {
+            Ok(Some(con)) => outbox::ack(con, sale_id, &committed).map_err(DrainError::Redis),
+            Ok(None) => Err(DrainError::Redis(Error::new(
+                ErrorKind::RedisUnavailable,
+                "connection lost",
+            ))),
+            Err(e) => Err(e),
+        };
+        if let Some(e) = outcome.error {
+            return Err(DrainError::Postgres(e.into()));
+        }
+        self.pg_ok();
+        ack
+    }
+
+    /// An ended sale's last step: once its outbox is empty, mark it drained
+    /// and delete the stream. Entries that can never be recorded are moved
+    /// to a dead-letter key first.
+    fn close_out(&mut self, sale_id: i64, left: u64) -> Result<(), DrainError> {
+        let bad = self.bad.get(&sale_id).map_or(0, |b| b.len() as u64);
+        if left > 0 && left > bad {
+            // Still live entries (perhaps another instance is on them).
+            return Ok(());
+        }
+        let con = self
+            .redis_connection()?
+            .ok_or(DrainError::Redis(Error::new(
+                ErrorKind::RedisUnavailable,
+                "connection lost",
+            )))?;
+        if left > 0 {
+            outbox::move_to_dead_letter(con, sale_id).map_err(DrainError::Redis)?;
+            tracing::error!(
+                sale_id,
+                entries = left,
+                key = %outbox::dead_letter_key(sale_id),
+                "sale closed out with outbox entries that cannot be recorded; moved aside"
+            );
+        }
+        let mut client = self
+            .pool
+            .get_timeout(POOL_WAIT)
+            .map_err(|e| DrainError::Postgres(e.into()))?;
+        sales::mark_drained(&mut client, sale_id).map_err(DrainError::Postgres)?;
+        drop(client);
+        let con = self
+            .redis_connection()?
+            .ok_or(DrainError::Redis(Error::new(
+                ErrorKind::RedisUnavailable,
+                "connection lost",
+            )))?;
+        outbox::delete(con, sale_id).map_err(DrainError::Redis)?;
+        self.sales.retain(|s| s.id != sale_id);
+        self.bad.remove(&sale_id);
+        self.cursors.remove(&sale_id);
+        tracing::info!(sale_id, "sale outbox drained and closed out");
+        Ok(())
+    }
+
+    fn log_leftovers(&self) {
+        let queued = self.records.len();
+        if self.pending.is_empty() && queued == 0 {
+            tracing::info!("Postgres writer stopped at its deadline with nothing left");
+        } else {
+            tracing::error!(
+                held = self.pending.len(),
+                queued,
+                "Postgres writer stopped at its deadline; these checkout records are not written \
+                 (purchases stay in the Redis outboxes and are replayed on the next start)"
+            );
+        }
+    }
+}
+
+/// Whether Postgres refused the rows themselves (data exception, integrity
+/// violation), so retrying them as they are cannot succeed.
+fn is_data_error(e: &postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+}
+
+/// What `write_bisecting` did.
+#[derive(Debug)]
+struct BisectOutcome<E> {
+    /// Per row: committed or refused (either way, no longer pending).
+    done: Vec<bool>,
+    /// Rows refused on their own, in order.
+    rejected: Vec<usize>,
+    /// The error that stopped the writing (not a data error).
+    error: Option<E>,
+}
+
+/// Writes `rows` with `write` (one transaction per call). When the rows are
+/// refused as data, splits them in halves until the offending rows are
+/// isolated, so that one bad row cannot block its batch forever. Stops at
+/// the first other error, leaving the rest not done.
+fn write_bisecting<T, E>(
+    rows: &[T],
+    mut write: impl FnMut(&[T]) -> Result<(), E>,
+    is_data: impl Fn(&E) -> bool,
+) -> BisectOutcome<E> {
+    let mut outcome = BisectOutcome {
+        done: vec![false; rows.len()],
+        rejected: Vec::new(),
+        error: None,
+    };
+    // Ranges still to write, the next on top.
+    let mut stack = vec![(0, rows.len())];
+    while let Some((from, to)) = stack.pop() {
+        if from >= to {
+            continue;
+        }
+        match write(&rows[from..to]) {
+            Ok(()) => outcome.done[from..to].fill(true),
+            Err(e) if is_data(&e) => {
+                if to - from == 1 {
+                    outcome.done[from] = true;
+                    outcome.rejected.push(from);
+                } else {
+                    let mid = from + (to - from) / 2;
+                    stack.push((mid, to));
+                    stack.push((from, mid));
+                }
+            }
+            Err(e) => {
+                outcome.error = Some(e);
+                break;
+            }
+        }
+    }
+    outcome
+}
+
+/// Distinct user ids, ascending (a stable lock order across instances), each
+/// with the earliest time it was seen.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct UserColumns {
+    ids: Vec<i64>,
+    first_seen_ms: Vec<i64>,
+}
+
+impl UserColumns {
+    fn build(seen: impl IntoIterator<Item = (i64, i64)>) -> Self {
+        let mut first: BTreeMap<i64, i64> = BTreeMap::new();
+        for (user, at_ms) in seen {
+            first
+                .entry(user)
+                .and_modify(|t| *t = (*t).min(at_ms))
+                .or_insert(at_ms);
+        }
+        let (ids, first_seen_ms) = first.into_iter().unzip();
+        UserColumns { ids, first_seen_ms }
+    }
+
+    fn insert(&self, tx: &mut postgres::Transaction<'_>) -> Result<u64, postgres::Error> {
+        tx.execute(USERS_SQL, &[&self.ids, &self.first_seen_ms])
+    }
+}
+
+/// The `checkouts` columns of a batch.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct CheckoutColumns<'a> {
+    sale_ids: Vec<i64>,
+    user_ids: Vec<i64>,
+    item_ids: Vec<i64>,
+    codes: Vec<Option<&'a str>>,
+    outcomes: Vec<&'static str>,
+    at_ms: Vec<i64>,
+}
+
+impl<'a> CheckoutColumns<'a> {
+    fn build(rows: &'a [CheckoutRecord]) -> Self {
+        let mut cols = CheckoutColumns::default();
+        for r in rows {
+            cols.sale_ids.push(r.sale_id);
+            cols.user_ids.push(r.user_id);
+            cols.item_ids.push(r.item_id);
+            cols.codes.push(r.code.as_deref());
+            cols.outcomes.push(r.outcome);
+            cols.at_ms.push(r.at_ms);
+        }
+        cols
+    }
+}
+
+/// The `purchases` columns of a batch, ordered by (sale, item): a stable lock
+/// order when two instances drain the same outbox.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PurchaseColumns<'a> {
+    sale_ids: Vec<i64>,
+    item_ids: Vec<i64>,
+    user_ids: Vec<i64>,
+    codes: Vec<&'a str>,
+    at_ms: Vec<i64>,
+}
+
+impl<'a> PurchaseColumns<'a> {
+    fn build(entries: &'a [OutboxEntry]) -> Self {
+        let mut sorted: Vec<&OutboxEntry> = entries.iter().collect();
+        sorted.sort_by_key(|e| (e.sale_id, e.item_id));
+        let mut cols = PurchaseColumns::default();
+        for e in sorted {
+            cols.sale_ids.push(e.sale_id);
+            cols.item_ids.push(e.item_id);
+            cols.user_ids.push(e.user_id);
+            cols.codes.push(&e.code);
+            cols.at_ms.push(e.at_ms);
+        }
+        cols
+    }
+}
+
+/// Users, then checkouts, in one transaction. Returns rows inserted into each.
+fn insert_checkouts(
+    client: &mut Client,
+    rows: &[CheckoutRecord],
+) -> Result<(u64, u64), postgres::Error> {
+    let users = UserColumns::build(rows.iter().map(|r| (r.user_id, r.at_ms)));
+    let c = CheckoutColumns::build(rows);
+    let mut tx = client.transaction()?;
+    let new_users = users.insert(&mut tx)?;
+    let inserted = tx.execute(
+        CHECKOUTS_SQL,
+        &[
+            &c.sale_ids,
+            &c.user_ids,
+            &c.item_ids,
+            &c.codes,
+            &c.outcomes,
+            &c.at_ms,
+        ],
+    )?;
+    tx.commit()?;
+    Ok((new_users, inserted))
+}
+
+/// Users, then purchases (idempotent), in one transaction. Returns rows
+/// inserted into each.
+fn insert_purchases(
+    client: &mut Client,
+    entries: &[OutboxEntry],
+) -> Result<(u64, u64), postgres::Error> {
+    let users = UserColumns::build(entries.iter().map(|e| (e.user_id, e.at_ms)));
+    let p = PurchaseColumns::build(entries);
+    let mut tx = client.transaction()?;
+    let new_users = users.insert(&mut tx)?;
+    let inserted = tx.execute(
+        PURCHASES_SQL,
+        &[&p.sale_ids, &p.item_ids, &p.user_ids, &p.codes, &p.at_ms],
+    )?;
+    tx.commit()?;
+    Ok((new_users, inserted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkout(user: i64, item: i64, at_ms: i64, code: Option<&str>) -> CheckoutRecord {
+        CheckoutRecord {
+            sale_id: 1,
+            user_id: user,
+            item_id: item,
+            code: code.map(str::to_owned),
+            outcome: "ok",
+            at_ms,
+        }
+    }
+
+    fn purchase(id: &str, item: i64, user: i64) -> OutboxEntry {
+        OutboxEntry {
+            stream_id: id.into(),
+            sale_id: 2,
+            item_id: item,
+            user_id: user,
+            code: format!("code-{user}"),
+            at_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn users_are_distinct_sorted_with_their_first_time() {
+        let cols = UserColumns::build([(5, 300), (2, 200), (5, 100), (9, 50), (2, 250)]);
+        assert_eq!(cols.ids, vec![2, 5, 9]);
+        assert_eq!(cols.first_seen_ms, vec![200, 100, 50]);
+        assert_eq!(UserColumns::build([]), UserColumns::default());
+    }
+
+    #[test]
+    fn checkout_columns_keep_order_and_null_codes() {
+        let rows = vec![
+            checkout(3, 1_000_001, 10, Some("c3")),
+            checkout(4, 1_000_002, 11, None),
+        ];
+        let cols = CheckoutColumns::build(&rows);
+        assert_eq!(cols.user_ids, vec![3, 4]);
+        assert_eq!(cols.item_ids, vec![1_000_001, 1_000_002]);
+        assert_eq!(cols.codes, vec![Some("c3"), None]);
+        assert_eq!(cols.outcomes, vec!["ok", "ok"]);
+        assert_eq!(cols.at_ms, vec![10, 11]);
+        assert_eq!(cols.sale_ids, vec![1, 1]);
+    }
+
+    #[test]
+    fn purchase_columns_are_sorted_by_item() {
+        let entries = vec![
+            purchase("1-0", 2_000_009, 7),
+            purchase("1-1", 2_000_001, 8),
+            purchase("1-2", 2_000_005, 7),
+        ];
+        let cols = PurchaseColumns::build(&entries);
+        assert_eq!(cols.item_ids, vec![2_000_001, 2_000_005, 2_000_009]);
+        assert_eq!(cols.user_ids, vec![8, 7, 7]);
+        assert_eq!(cols.codes, vec!["code-8", "code-7", "code-7"]);
+        assert_eq!(cols.sale_ids, vec![2, 2, 2]);
+    }
+
+    #[test]
+    fn bisecting_writes_everything_in_one_go_when_all_is_well() {
+        let rows: Vec<i32> = (0..10).collect();
+        let mut calls = 0;
+        let out = write_bisecting(
+            &rows,
+            |_| {
+                calls += 1;
+                Ok::<(), &str>(())
+            },
+            |_| true,
+        );
+        assert_eq!(calls, 1);
+        assert!(out.done.iter().all(|d| *d));
+        assert!(out.rejected.is_empty());
+        assert!(out.error.is_none());
+    }
+
+    #[test]
+    fn bisecting_isolates_bad_rows_and_writes_the_rest() {
+        let rows: Vec<i32> = (0..13).collect();
+        let mut written = Vec::new();
+        let out = write_bisecting(
+            &rows,
+            |part| {
+                if part.contains(&4) || part.contains(&11) {
+                    Err("data")
+                } else {
+                    written.extend_from_slice(part);
+                    Ok(())
+                }
+            },
+            |e| *e == "data",
+        );
+        assert_eq!(out.rejected, vec![4, 11]);
+        assert!(out.done.iter().all(|d| *d));
+        assert!(out.error.is_none());
+        written.sort();
+        let expected: Vec<i32> = (0..13).filter(|x| *x != 4 && *x != 11).collect();
+        assert_eq!(written, expected);
+    }
+
+    #[test]
+    fn bisecting_stops_at_an_outage_and_keeps_the_rest_pending() {
+        let rows: Vec<i32> = (0..8).collect();
+        let mut calls = 0;
+        let out = write_bisecting(
+            &rows,
+            |part| {
+                calls += 1;
+                match calls {
+                    // whole batch: a bad row somewhere
+                    1 => Err("data"),
+                    // first half commits
+                    2 => {
+                        assert_eq!(part, &[0, 1, 2, 3]);
+                        Ok(())
+                    }
+                    // then the connection drops
+                    _ => Err("down"),
+                }
+            },
+            |e| *e == "data",
+        );
+        assert_eq!(out.error, Some("down"));
+        assert_eq!(
+            out.done,
+            vec![true, true, true, true, false, false, false, false]
+        );
+        assert!(out.rejected.is_empty());
+    }
+
+    #[test]
+    fn bisecting_nothing_writes_nothing() {
+        let out = write_bisecting(&[] as &[i32], |_| Err("never"), |_| false);
+        assert!(out.done.is_empty());
+        assert!(out.error.is_none());
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets() {
+        let now = Instant::now();
+        let mut b = Backoff::default();
+        assert!(b.ready(now));
+        assert!(!b.failing());
+        let delays: Vec<Duration> = (0..10).map(|_| b.fail(now)).collect();
+        assert_eq!(delays[0], Duration::from_millis(50));
+        assert_eq!(delays[1], Duration::from_millis(100));
+        assert_eq!(delays[2], Duration::from_millis(200));
+        assert_eq!(delays[9], Duration::from_secs(5));
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        assert!(!b.ready(now));
+        assert!(b.ready(now + Duration::from_secs(5)));
+        assert!(b.failing());
+        assert_eq!(b.reset(), 10);
+        assert!(b.ready(now));
+        assert_eq!(b.fail(now), Duration::from_millis(50));
+    }
+}
