@@ -198,10 +198,6 @@ impl Config {
         self.cores.unwrap_or(available).max(1)
     }
 
-    pub fn period(&self) -> Duration {
-        Duration::from_secs(self.sale_period_secs)
-    }
-
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms.max(1))
     }

@@ -161,14 +161,13 @@ fn migrate_when_postgres_is_up(pool: &store::PgPool, stop: &AtomicBool) -> Resul
     }
 }
 
-/// Waits until the rotator has published a sale, logging while it cannot.
+/// Waits (at most a few seconds) until the rotator has published a sale, so
+/// that a fresh server does not answer its first requests with 503.
 fn wait_for_first_sale(schedule: &SharedSchedule, stop: &AtomicBool) {
-    let started = Instant::now();
-    let mut warned = false;
+    let deadline = Instant::now() + Duration::from_secs(5);
     while schedule.snapshot().sales.is_empty() && !stop.load(Ordering::Relaxed) {
-        if !warned && started.elapsed() > Duration::from_secs(5) {
+        if Instant::now() > deadline {
             tracing::warn!("no sale prepared yet; serving 503 no_active_sale until there is one");
-            warned = true;
             return;
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -29,7 +29,7 @@ struct Rotator {
     config: RotatorConfig,
     pool: PgPool,
     schedule: Arc<SharedSchedule>,
-    scripts: Arc<Scripts>,
+    init_sale: redis::Script,
     redis: Option<redis::Connection>,
     /// Sales published so far, oldest first (the last few are kept).
     prepared: Vec<SaleInfo>,
@@ -47,7 +47,7 @@ pub fn spawn(
         config,
         pool,
         schedule,
-        scripts,
+        init_sale: redis::Script::new(scripts.init_sale.body),
         redis: None,
         prepared: Vec::new(),
     };
@@ -148,8 +148,8 @@ impl Rotator {
                 "no redis connection",
             ));
         };
-        let script = redis::Script::new(self.scripts.init_sale.body);
-        let _created: i64 = script
+        let _created: i64 = self
+            .init_sale
             .key(keys::meta(sale.id))
             .arg(sale.id)
             .arg(sale.starts_at)

@@ -135,6 +135,56 @@ fn request_arriving_in_pieces() {
     let r = c.read_response().expect("response");
     r.assert_status(200);
     assert_eq!(r.header("x-request-id"), Some("slow"));
+
+    // A body that arrives after its head.
+    let item = s.active_sale().item(1);
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n",
+        checkout_path(9, item)
+    );
+    c.send(head.as_bytes()).expect("send head");
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(b"{}").expect("send body");
+    let r = c.read_response().expect("response");
+    r.assert_status(200);
+    assert_eq!(r.ids("items"), vec![item]);
+}
+
+#[test]
+fn long_pipeline_in_one_write() {
+    const N: usize = 150;
+    let s = server();
+    let sale = s.active_sale();
+    let mut bytes = Vec::new();
+    for n in 0..N {
+        let id = format!("long-{n}");
+        let req = match n % 3 {
+            0 => build_request("GET", "/health", &[("X-Request-Id", &id)], b""),
+            1 => build_request(
+                "POST",
+                &checkout_path(1 + (n % 7) as i64, sale.item(1 + (n % 50) as u32)),
+                &[("X-Request-Id", &id)],
+                b"",
+            ),
+            _ => build_request("GET", "/nope", &[("X-Request-Id", &id)], b""),
+        };
+        bytes.extend(req);
+    }
+    let mut c = s.connect();
+    c.send(&bytes).expect("send");
+    for n in 0..N {
+        let r = c
+            .read_response()
+            .unwrap_or_else(|e| panic!("response {n} of {N}: {e}"));
+        assert_eq!(
+            r.header("x-request-id"),
+            Some(format!("long-{n}").as_str()),
+            "{r}"
+        );
+        let want = if n % 3 == 2 { 404 } else { 200 };
+        assert_eq!(r.status, want, "request {n}: {r}");
+    }
+    c.get("/health").assert_status(200);
 }
 
 #[test]

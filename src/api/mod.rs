@@ -115,10 +115,6 @@ impl Api {
         }
     }
 
-    pub fn redis(&self) -> &RedisClient {
-        &self.deps.redis
-    }
-
     /// The sale open now, if any.
     fn active_sale(&self, now_ms: i64) -> Option<SaleInfo> {
         self.schedule

@@ -21,6 +21,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 
 const READ_CHUNK: usize = 64 * 1024;
+/// The reason given to `Pipe::kill` when the client is stopped on purpose.
+pub const SHUTTING_DOWN: &str = "shutting down";
 
 pub type Reply = Result<Value>;
 
@@ -79,7 +81,11 @@ impl Pipe {
         if self.dead.is_set() {
             return;
         }
-        tracing::warn!(reason = why, "redis connection lost");
+        if why == SHUTTING_DOWN {
+            tracing::debug!("redis connection closed for shutdown");
+        } else {
+            tracing::warn!(reason = why, "redis connection lost");
+        }
         self.dead.set();
         self.out.borrow_mut().clear();
         for tx in self.pending.borrow_mut().drain(..) {

@@ -116,7 +116,7 @@ impl RedisClient {
     pub fn stop(&self) {
         self.inner.stop.set();
         if let Some(pipe) = self.inner.pipe.borrow_mut().take() {
-            pipe.kill("shutting down");
+            pipe.kill(conn::SHUTTING_DOWN);
         }
     }
 
@@ -137,7 +137,7 @@ impl RedisClient {
         };
         if pipe.in_flight() >= MAX_IN_FLIGHT {
             return Err(Error::new(
-                ErrorKind::RedisUnavailable,
+                ErrorKind::Overloaded,
                 "too many redis calls in flight",
             ));
         }
@@ -230,7 +230,7 @@ async fn keep_connected(inner: std::rc::Weak<Inner>) {
                 drop(client);
                 monoio::select! {
                     _ = pipe.closed() => {}
-                    _ = stop.wait() => { pipe.kill("shutting down"); return; }
+                    _ = stop.wait() => { pipe.kill(conn::SHUTTING_DOWN); return; }
                 }
             }
             Err(e) => {

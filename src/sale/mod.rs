@@ -30,10 +30,6 @@ impl SaleInfo {
         let (sale, n) = split_item_id(item_id)?;
         (sale == self.id && n <= self.items).then_some(n)
     }
-
-    pub fn item_id(&self, n: u32) -> i64 {
-        item_id(self.id, n)
-    }
 }
 
 /// The id of item `n` (1-based) of sale `sale_id`.

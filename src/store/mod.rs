@@ -30,6 +30,10 @@ pub fn pool(database_url: &str, size: u32) -> Result<PgPool> {
         .max_size(size.max(1))
         .min_idle(Some(0))
         .connection_timeout(std::time::Duration::from_secs(2))
+        // The pool's users log failures themselves (a `get` error carries
+        // the last connect error); r2d2's own handler would log every
+        // background reconnect attempt at ERROR while Postgres is down.
+        .error_handler(Box::new(r2d2::NopErrorHandler))
         .build_unchecked(manager))
 }
 
@@ -78,13 +82,10 @@ impl RecordSender {
         self.tx.capacity().is_none_or(|cap| self.tx.len() < cap)
     }
 
-    /// Records waiting for the writer.
+    /// Records waiting for the writer (for the queue-depth gauge).
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.tx.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tx.is_empty()
     }
 }
 

@@ -46,19 +46,10 @@ pub fn dead_letter_key(sale_id: i64) -> String {
     format!("{{sale:{sale_id}}}:outbox:dead")
 }
 
-/// Up to `count` entries from the head of the outbox; malformed entries are
-/// logged and skipped.
-pub fn read(con: &mut redis::Connection, sale_id: i64, count: usize) -> Result<Vec<OutboxEntry>> {
-    let batch = read_after(con, sale_id, None, count)?;
-    for id in &batch.malformed {
-        tracing::error!(sale_id, stream_id = %id, "malformed outbox entry skipped (left in the stream)");
-    }
-    Ok(batch.entries)
-}
-
-/// Up to `count` entries after the entry id `after` (from the head when
-/// `None`). Malformed entries are reported in the batch; the caller logs them.
-pub fn read_after(
+/// Up to `count` entries after the entry id `after` (from the head of the
+/// outbox when `None`). Malformed entries do not fail the read: their ids are
+/// reported in the batch, for the caller to log and step over.
+pub fn read(
     con: &mut redis::Connection,
     sale_id: i64,
     after: Option<&str>,

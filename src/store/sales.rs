@@ -21,22 +21,15 @@ pub struct SaleRow {
     pub user_limit: u32,
 }
 
-impl SaleRow {
-    /// The domain view of this sale.
-    pub fn info(&self) -> SaleInfo {
-        SaleInfo {
-            id: self.id,
-            starts_at: self.starts_at,
-            ends_at: self.ends_at,
-            items: self.items_total,
-            user_limit: self.user_limit,
-        }
-    }
-}
-
 impl From<SaleRow> for SaleInfo {
     fn from(row: SaleRow) -> Self {
-        row.info()
+        SaleInfo {
+            id: row.id,
+            starts_at: row.starts_at,
+            ends_at: row.ends_at,
+            items: row.items_total,
+            user_limit: row.user_limit,
+        }
     }
 }
 

@@ -53,7 +53,7 @@ const PROBE_IDLE: Duration = Duration::from_secs(1);
 /// ... and more often while it is down, so that health comes back quickly.
 const PROBE_DOWN: Duration = Duration::from_millis(500);
 /// Longest wait for a pooled connection.
-const POOL_WAIT: Duration = Duration::from_secs(1);
+const POOL_WAIT: Duration = Duration::from_millis(500);
 /// Redis connect and IO timeouts.
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const REDIS_IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -181,6 +181,17 @@ impl Backoff {
     }
 }
 
+/// How an outbox pass ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Every watched outbox was read to its end.
+    Complete,
+    /// Entries are still waiting (the pass stopped after its rounds).
+    More,
+    /// Redis is in its backoff: nothing was read.
+    RedisWaiting,
+}
+
 /// Why an outbox pass stopped early.
 enum DrainError {
     Postgres(Error),
@@ -283,8 +294,8 @@ impl Writer {
                 self.next_outbox = now + OUTBOX_INTERVAL;
                 match self.drain_outboxes(false) {
                     // More is waiting: come back at once.
-                    Ok(true) => self.next_outbox = Instant::now(),
-                    Ok(false) => {}
+                    Ok(Pass::More) => self.next_outbox = Instant::now(),
+                    Ok(Pass::Complete | Pass::RedisWaiting) => {}
                     Err(e) => self.drain_failed(e),
                 }
             }
@@ -295,10 +306,12 @@ impl Writer {
             if self.closed && self.pending.is_empty() && self.pg.ready(Instant::now()) {
                 // Everything received is committed: one more full outbox pass.
                 match self.drain_outboxes(true) {
-                    Ok(_) => {
+                    Ok(Pass::Complete) => {
                         tracing::info!("Postgres writer flushed and stopped");
                         return;
                     }
+                    // Wait for Redis (or the deadline).
+                    Ok(Pass::More | Pass::RedisWaiting) => {}
                     Err(e) => self.drain_failed(e),
                 }
             }
@@ -426,11 +439,7 @@ impl Writer {
             for record in kept.into_iter().rev() {
                 self.pending.push_front(record);
             }
-            if rows > 0 || users > 0 {
-                let elapsed = started.elapsed();
-                self.metrics.batch(Table::Checkouts, rows as usize, elapsed);
-                self.metrics.batch(Table::Users, users as usize, elapsed);
-            }
+            self.count_batch(Table::Checkouts, rows, users, started.elapsed());
             match outcome.error {
                 None => {
                     self.pg_ok();
@@ -443,6 +452,16 @@ impl Writer {
                     return;
                 }
             }
+        }
+    }
+
+    /// Counts committed rows (tables with no new rows are not counted).
+    fn count_batch(&self, table: Table, rows: u64, users: u64, elapsed: Duration) {
+        if rows > 0 {
+            self.metrics.batch(table, rows as usize, elapsed);
+        }
+        if users > 0 {
+            self.metrics.batch(Table::Users, users as usize, elapsed);
         }
     }
 
@@ -548,18 +567,19 @@ impl Writer {
         Ok(self.redis.as_mut())
     }
 
+    /// The Redis connection, within a pass that already has one.
+    fn redis_now(&mut self) -> Result<&mut redis::Connection, DrainError> {
+        self.redis_connection()?.ok_or(DrainError::Redis(Error::new(
+            ErrorKind::RedisUnavailable,
+            "Redis connection lost",
+        )))
+    }
+
     /// One pass over every watched outbox. `full` reads each to its end (at
-    /// shutdown). Returns whether more entries are waiting.
-    fn drain_outboxes(&mut self, full: bool) -> Result<bool, DrainError> {
+    /// shutdown).
+    fn drain_outboxes(&mut self, full: bool) -> Result<Pass, DrainError> {
         if self.redis_connection()?.is_none() {
-            return if full {
-                Err(DrainError::Redis(Error::new(
-                    ErrorKind::RedisUnavailable,
-                    "backing off",
-                )))
-            } else {
-                Ok(false)
-            };
+            return Ok(Pass::RedisWaiting);
         }
         let now = Instant::now();
         let refresh = full || self.sales_read_at.is_none_or(|t| now >= t + SALES_REFRESH);
@@ -584,12 +604,7 @@ impl Writer {
         let now_secs = crate::sale::now_ms() / 1000;
         for sale in self.sales.clone() {
             more |= self.drain_sale(sale.id, full)?;
-            let con = self
-                .redis_connection()?
-                .ok_or(DrainError::Redis(Error::new(
-                    ErrorKind::RedisUnavailable,
-                    "connection lost",
-                )))?;
+            let con = self.redis_now()?;
             let left = outbox::len(con, sale.id).map_err(DrainError::Redis)?;
             pending += left;
             if refresh && now_secs >= sale.ends_at + CLOSE_OUT_AFTER_SECS {
@@ -597,7 +612,7 @@ impl Writer {
             }
         }
         self.metrics.set_outbox_pending(pending);
-        Ok(more)
+        Ok(if more { Pass::More } else { Pass::Complete })
     }
 
     /// Reads, commits and deletes one sale's outbox entries. Returns whether
@@ -606,13 +621,8 @@ impl Writer {
         let mut rounds = 0;
         loop {
             let cursor = self.cursors.get(&sale_id).cloned();
-            let con = self
-                .redis_connection()?
-                .ok_or(DrainError::Redis(Error::new(
-                    ErrorKind::RedisUnavailable,
-                    "connection lost",
-                )))?;
-            let mut batch = outbox::read_after(con, sale_id, cursor.as_deref(), OUTBOX_READ)
+            let con = self.redis_now()?;
+            let mut batch = outbox::read(con, sale_id, cursor.as_deref(), OUTBOX_READ)
                 .map_err(DrainError::Redis)?;
             let bad = self.bad.entry(sale_id).or_default();
             for id in batch.malformed.drain(..) {
@@ -683,19 +693,11 @@ impl Writer {
             .filter(|(i, _)| outcome.done[*i] && !rejected.contains(i))
             .map(|(_, e)| e.stream_id.clone())
             .collect();
-        if rows > 0 || users > 0 {
-            self.metrics.batch(Table::Purchases, rows as usize, elapsed);
-            self.metrics.batch(Table::Users, users as usize, elapsed);
-        }
+        self.count_batch(Table::Purchases, rows, users, elapsed);
         // Delete what is committed, even when a later part failed.
-        let ack = match self.redis_connection() {
-            Ok(Some(con)) => outbox::ack(con, sale_id, &committed).map_err(DrainError::Redis),
-            Ok(None) => Err(DrainError::Redis(Error::new(
-                ErrorKind::RedisUnavailable,
-                "connection lost",
-            ))),
-            Err(e) => Err(e),
-        };
+        let ack = self
+            .redis_now()
+            .and_then(|con| outbox::ack(con, sale_id, &committed).map_err(DrainError::Redis));
         if let Some(e) = outcome.error {
             return Err(DrainError::Postgres(e.into()));
         }
@@ -712,12 +714,7 @@ impl Writer {
             // Still live entries (perhaps another instance is on them).
             return Ok(());
         }
-        let con = self
-            .redis_connection()?
-            .ok_or(DrainError::Redis(Error::new(
-                ErrorKind::RedisUnavailable,
-                "connection lost",
-            )))?;
+        let con = self.redis_now()?;
         if left > 0 {
             outbox::move_to_dead_letter(con, sale_id).map_err(DrainError::Redis)?;
             tracing::error!(
@@ -733,12 +730,7 @@ impl Writer {
             .map_err(|e| DrainError::Postgres(e.into()))?;
         sales::mark_drained(&mut client, sale_id).map_err(DrainError::Postgres)?;
         drop(client);
-        let con = self
-            .redis_connection()?
-            .ok_or(DrainError::Redis(Error::new(
-                ErrorKind::RedisUnavailable,
-                "connection lost",
-            )))?;
+        let con = self.redis_now()?;
         outbox::delete(con, sale_id).map_err(DrainError::Redis)?;
         self.sales.retain(|s| s.id != sale_id);
         self.bad.remove(&sale_id);
@@ -750,7 +742,10 @@ impl Writer {
     fn log_leftovers(&self) {
         let queued = self.records.len();
         if self.pending.is_empty() && queued == 0 {
-            tracing::info!("Postgres writer stopped at its deadline with nothing left");
+            tracing::warn!(
+                "Postgres writer stopped at its deadline before its last outbox pass; \
+                 what is left in the Redis outboxes is replayed on the next start"
+            );
         } else {
             tracing::error!(
                 held = self.pending.len(),

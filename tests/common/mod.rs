@@ -130,11 +130,12 @@ fn create_database() -> String {
 }
 
 fn drop_database(name: &str) {
-    if let Ok(mut admin) = postgres::Client::connect(&pg_admin_url(), postgres::NoTls) {
-        if let Err(e) = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        {
-            eprintln!("[harness] could not drop database {name}: {e}");
-        }
+    let dropped =
+        postgres::Client::connect(&pg_admin_url(), postgres::NoTls).and_then(|mut admin| {
+            admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        });
+    if let Err(e) = dropped {
+        eprintln!("[harness] could not drop database {name}: {e}");
     }
 }
 
@@ -506,12 +507,11 @@ impl Drop for TestServer {
         let keep = std::env::var("FLASHSALE_TEST_KEEP").is_ok_and(|v| !v.is_empty() && v != "0");
         if self.owns_data && !keep {
             drop_database(&self.db_name);
-            if let Ok(client) =
-                redis::Client::open(format!("{}/{}", redis_base_url(), self.redis_db))
-            {
-                if let Ok(mut con) = client.get_connection() {
-                    let _: redis::RedisResult<()> = redis::cmd("FLUSHDB").query(&mut con);
-                }
+            let flushed = redis::Client::open(format!("{}/{}", redis_base_url(), self.redis_db))
+                .and_then(|c| c.get_connection())
+                .and_then(|mut con| redis::cmd("FLUSHDB").query::<()>(&mut con));
+            if let Err(e) = flushed {
+                eprintln!("[harness] could not flush Redis db {}: {e}", self.redis_db);
             }
         } else if self.owns_data {
             eprintln!(
