@@ -10,6 +10,7 @@ mod event;
 mod http;
 mod logging;
 mod metrics;
+mod net;
 mod redis_client;
 mod rotator;
 mod sale;

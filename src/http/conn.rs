@@ -3,13 +3,14 @@
 //! Idle and read timeouts close slow or silent clients; shutdown closes idle
 //! connections at once and busy ones after their current batch.
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::request::{ParseError, parse_head};
 use super::response::write_response;
 use super::{Handler, Limits};
 use crate::event::Event;
+use crate::net::read_append;
 
 const READ_CHUNK: usize = 16 * 1024;
 /// Responses buffered before they are written even if more requests are parsed.
@@ -99,10 +100,7 @@ pub async fn serve<H: Handler>(
                 None => return,
             },
         };
-        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-            buf.reserve(READ_CHUNK);
-        }
-        let read = monoio::time::timeout(wait, stream.read(buf));
+        let read = monoio::time::timeout(wait, read_append(&mut stream, buf, READ_CHUNK / 2));
         let result = if request_started.is_none() {
             monoio::select! {
                 r = read => Some(r),

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use local_sync::oneshot;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use redis::Value;
 
@@ -19,6 +19,7 @@ use super::resp::frame_len;
 use super::scripts::Scripts;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
+use crate::net::read_append;
 
 const READ_CHUNK: usize = 64 * 1024;
 /// The reason given to `Pipe::kill` when the client is stopped on purpose.
@@ -184,8 +185,7 @@ async fn handshake(stream: &mut TcpStream, hello: Vec<u8>, expected: usize) -> R
             Ok(None) => {}
             Err(e) => return Err(Error::with_cause(ErrorKind::RedisProtocol, "handshake", e)),
         }
-        buf.reserve(4096);
-        let (res, b) = stream.read(buf).await;
+        let (res, b) = read_append(stream, buf, 4096).await;
         buf = b;
         match res {
             Ok(0) => {
@@ -236,11 +236,8 @@ async fn read_loop(pipe: Rc<Pipe>, mut reader: OwnedReadHalf<TcpStream>) {
             buf.drain(..start);
             start = 0;
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
         monoio::select! {
-            (res, b) = reader.read(buf) => {
+            (res, b) = read_append(&mut reader, buf, READ_CHUNK / 4) => {
                 buf = b;
                 match res {
                     Ok(0) => { pipe.kill("closed by redis"); return; }

@@ -70,7 +70,7 @@ fn parse_len(line: &[u8]) -> Result<i64, FrameError> {
     let n: i64 = text
         .parse()
         .map_err(|_| FrameError("length not a number"))?;
-    if n < -1 || n > 512 * 1024 * 1024 {
+    if !(-1..=512 * 1024 * 1024).contains(&n) {
         return Err(FrameError("length out of range"));
     }
     Ok(n)

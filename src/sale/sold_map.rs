@@ -30,7 +30,10 @@ impl SoldMap {
 
     /// Whether item number `n` (1-based) is known to be sold.
     pub fn is_sold(&self, n: u32) -> bool {
-        let i = (n as usize).wrapping_sub(1);
+        if n == 0 || n > self.items {
+            return false;
+        }
+        let i = n as usize - 1;
         self.words
             .get(i / 64)
             .is_some_and(|w| w & (1u64 << (i % 64)) != 0)
@@ -38,7 +41,10 @@ impl SoldMap {
 
     /// Records that item number `n` is sold.
     pub fn mark_sold(&mut self, n: u32) {
-        let i = (n as usize).wrapping_sub(1);
+        if n == 0 || n > self.items {
+            return;
+        }
+        let i = n as usize - 1;
         if let Some(w) = self.words.get_mut(i / 64) {
             let bit = 1u64 << (i % 64);
             if *w & bit == 0 {
@@ -61,10 +67,8 @@ impl SoldMap {
             }
             for bit in 0..8 {
                 if byte & (0x80 >> bit) != 0 {
-                    let n = (byte_index * 8 + bit + 1) as u64;
-                    if n <= u64::from(self.items) {
-                        self.mark_sold(n as u32);
-                    }
+                    let n = byte_index * 8 + bit + 1;
+                    self.mark_sold(u32::try_from(n).unwrap_or(u32::MAX));
                 }
             }
         }

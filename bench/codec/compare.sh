@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Our HTTP layer (httparse + our response writer) against monoio-http's h1
+# codec, on the 404 path, side by side in one run: A B A B A B.
+#
+#   A = target/release/flashsale, FLASHSALE_CORES=1, on $OURS_PORT (8080, or 8090
+#       if another flashsale already holds 8080)
+#   B = target/release/examples/monoio_http_reference, 1 thread, on $REF_PORT (8081)
+#
+# Each run: wrk -t1 -c64 -d10s --latency http://127.0.0.1:PORT/nope
+#
+# Usage: bench/codec/compare.sh            (from the repository root)
+#   RUNS=3 DURATION=10s WARMUP=2s WRK_CPU=1 PERF=0
+#   PERF=1 also records `perf record -e cpu-clock -g` of each server under a
+#   separate 10 s wrk run after the measured runs (reports in $OUT_DIR).
+# Needs Redis and Postgres for flashsale (REDIS_URL, DATABASE_URL below).
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+OURS_BIN=target/release/flashsale
+REF_BIN=target/release/examples/monoio_http_reference
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+WRK_CPU=${WRK_CPU:-1}      # servers pin themselves to CPU 0; wrk goes on the other core
+PERF=${PERF:-0}
+OUT_DIR=${OUT_DIR:-/tmp/codec-compare}
+REF_PORT=${REF_PORT:-8081}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/9}
+DATABASE_URL=${DATABASE_URL:-postgres://flashsale@127.0.0.1:5432/bench}
+mkdir -p "$OUT_DIR"
+
+for bin in "$OURS_BIN" "$REF_BIN"; do
+    [[ -x $bin ]] || { echo "missing $bin (cargo build --release [--example monoio_http_reference])" >&2; exit 1; }
+done
+
+listening() { ss -ltnH "sport = :$1" | grep -q .; }
+if [[ -z ${OURS_PORT:-} ]]; then
+    OURS_PORT=8080
+    listening 8080 && OURS_PORT=8090
+fi
+for port in "$OURS_PORT" "$REF_PORT"; do
+    if listening "$port"; then
+        echo "port $port is already in use:" >&2
+        ss -ltnpH "sport = :$port" >&2
+        exit 1
+    fi
+done
+
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+
+REDIS_URL=$REDIS_URL DATABASE_URL=$DATABASE_URL FLASHSALE_LOG=warn FLASHSALE_CORES=1 \
+    FLASHSALE_LISTEN=127.0.0.1:$OURS_PORT "$OURS_BIN" >"$OUT_DIR/flashsale.log" 2>&1 &
+OURS_PID=$!
+PIDS+=("$OURS_PID")
+"$REF_BIN" "127.0.0.1:$REF_PORT" 1 >"$OUT_DIR/reference.log" 2>&1 &
+REF_PID=$!
+PIDS+=("$REF_PID")
+
+wait_up() {
+    for _ in $(seq 1 150); do
+        curl -s -o /dev/null "http://127.0.0.1:$1/nope" && return 0
+        sleep 0.1
+    done
+    echo "nothing answers on port $1; see $OUT_DIR/*.log" >&2
+    exit 1
+}
+wait_up "$OURS_PORT"
+wait_up "$REF_PORT"
+
+echo "== machine"
+echo "$(nproc) CPUs; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "ours: pid $OURS_PID on :$OURS_PORT; monoio-http: pid $REF_PID on :$REF_PORT; wrk on CPU $WRK_CPU"
+
+echo "== sanity: same status and body"
+for port in "$OURS_PORT" "$REF_PORT"; do
+    curl -s -D "$OUT_DIR/head.$port" -o "$OUT_DIR/body.$port" "http://127.0.0.1:$port/nope"
+    echo "-- :$port"
+    tr -d '\r' <"$OUT_DIR/head.$port"
+    cat "$OUT_DIR/body.$port"
+    echo
+done
+status() { head -n1 "$OUT_DIR/head.$1" | tr -d '\r'; }
+if [[ $(status "$OURS_PORT") == "$(status "$REF_PORT")" ]] &&
+    cmp -s "$OUT_DIR/body.$OURS_PORT" "$OUT_DIR/body.$REF_PORT"; then
+    echo "OK: identical status line and body"
+else
+    echo "MISMATCH between the two servers" >&2
+    exit 1
+fi
+
+# wrk latency text (e.g. 412.00us, 1.02ms, 1.10s) -> microseconds
+to_us() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") f = 1; else if (u == "ms") f = 1000; else if (u == "s") f = 1000000; else f = 0
+        printf "%.0f", n * f }'
+}
+
+run_wrk() { # port duration -> wrk output
+    taskset -c "$WRK_CPU" wrk -t1 -c64 -d"$2" --latency "http://127.0.0.1:$1/nope"
+}
+
+echo "== warm-up ($WARMUP each)"
+run_wrk "$OURS_PORT" "$WARMUP" >/dev/null
+run_wrk "$REF_PORT" "$WARMUP" >/dev/null
+
+RESULTS="$OUT_DIR/results.tsv"
+printf 'run\tserver\treq_s\tp50_us\tp99_us\tnon2xx_or_errors\n' >"$RESULTS"
+for run in $(seq 1 "$RUNS"); do
+    for side in ours monoio-http; do
+        if [[ $side == ours ]]; then port=$OURS_PORT; else port=$REF_PORT; fi
+        out="$OUT_DIR/wrk.$run.$side.txt"
+        run_wrk "$port" "$DURATION" >"$out"
+        rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+        p50=$(to_us "$(awk '$1 == "50%" {print $2}' "$out")")
+        p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$out")")
+        # Every response is a 404, so wrk's "Non-2xx" equals the request count;
+        # socket errors are what would show a problem.
+        errs=$(awk '/Socket errors/ {print $0}' "$out" | sed 's/^ *//')
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$side" "$rps" "$p50" "$p99" "${errs:-none}" >>"$RESULTS"
+        printf 'run %s %-12s %10s req/s  p50 %6s us  p99 %6s us  %s\n' \
+            "$run" "$side" "$rps" "$p50" "$p99" "${errs:-no socket errors}"
+    done
+done
+
+echo "== summary"
+awk -F'\t' 'NR > 1 {
+        if ($2 == "ours") { o[$1] = $3; op50 += $4; op99 += $5; on++ }
+        else { m[$1] = $3; mp50 += $4; mp99 += $5; mn++ }
+    }
+    END {
+        for (r in o) { ratio += o[r] / m[r]; n++; os += o[r]; ms += m[r] }
+        printf "mean req/s: ours %.0f, monoio-http %.0f\n", os / n, ms / n
+        printf "mean of per-pair ratios ours/monoio-http: %.3f; ratio of means: %.3f\n", ratio / n, os / ms
+        printf "mean p50: ours %.0f us, monoio-http %.0f us; mean p99: ours %.0f us, monoio-http %.0f us\n",
+            op50 / on, mp50 / mn, op99 / on, mp99 / mn
+    }' "$RESULTS"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "raw wrk output and results.tsv in $OUT_DIR"
+
+if [[ $PERF == 1 ]]; then
+    echo "== perf record -e cpu-clock -g (10 s of wrk each)"
+    for side in ours monoio-http; do
+        if [[ $side == ours ]]; then port=$OURS_PORT pid=$OURS_PID; else port=$REF_PORT pid=$REF_PID; fi
+        perf record -e cpu-clock -g -p "$pid" -o "$OUT_DIR/perf.$side.data" -- sleep 10 \
+            >/dev/null 2>&1 &
+        perf_pid=$!
+        run_wrk "$port" 10s | awk '/^Requests\/sec:/ {print "'"$side"' under perf: " $2 " req/s"}'
+        wait "$perf_pid" || true
+        perf report -i "$OUT_DIR/perf.$side.data" --no-children --stdio --percent-limit 0.7 \
+            --sort symbol -g none 2>/dev/null >"$OUT_DIR/perf.$side.self.txt" || true
+        perf report -i "$OUT_DIR/perf.$side.data" --children --stdio --percent-limit 2 \
+            --sort symbol -g none 2>/dev/null >"$OUT_DIR/perf.$side.children.txt" || true
+    done
+    echo "perf reports: $OUT_DIR/perf.*.txt"
+fi
