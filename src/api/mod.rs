@@ -13,6 +13,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use crate::error::{Error, ErrorKind};
 use crate::http::request::ParseError;
 use crate::http::response::{ResponseHead, error_body};
@@ -224,6 +226,29 @@ impl Handler for Api {
         _body: &[u8],
         out: &mut Vec<u8>,
     ) -> ResponseHead {
+        // A client's request id goes into every log line about its request.
+        match head.request_id {
+            Some(id) => {
+                let span = tracing::info_span!("request", request_id = id);
+                self.answer(head, out).instrument(span).await
+            }
+            None => self.answer(head, out).await,
+        }
+    }
+
+    fn reject(&self, error: ParseError, out: &mut Vec<u8>) -> ResponseHead {
+        let (status, code, message) = crate::http::conn::parse_error_status(error);
+        error_body(out, code, message);
+        self.deps
+            .metrics
+            .request(Route::Other, status, Duration::ZERO);
+        ResponseHead::json(status)
+    }
+}
+
+impl Api {
+    /// Routes, runs and measures one request; errors become SPEC's error bodies.
+    async fn answer(&self, head: &RequestHead<'_>, out: &mut Vec<u8>) -> ResponseHead {
         let started = Instant::now();
         let (route, answer) = self.route(head, out).await;
         let response = match answer {
@@ -242,23 +267,9 @@ impl Handler for Api {
             .metrics
             .request(route, response.status, started.elapsed());
         if response.status >= 500 {
-            tracing::debug!(
-                request_id = head.request_id.unwrap_or("-"),
-                path = head.path,
-                status = response.status,
-                "request failed"
-            );
+            tracing::debug!(path = head.path, status = response.status, "request failed");
         }
         response
-    }
-
-    fn reject(&self, error: ParseError, out: &mut Vec<u8>) -> ResponseHead {
-        let (status, code, message) = crate::http::conn::parse_error_status(error);
-        error_body(out, code, message);
-        self.deps
-            .metrics
-            .request(Route::Other, status, Duration::ZERO);
-        ResponseHead::json(status)
     }
 }
 
