@@ -26,6 +26,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default when no command is given).
     Serve,
+    /// Compare a sale's Redis state with its Postgres records; exit 1 on any difference.
+    Check {
+        /// The sale to check.
+        #[arg(long)]
+        sale: i64,
+    },
 }
 
 /// The server's configuration. Every field is an environment variable and a flag.

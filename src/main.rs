@@ -4,6 +4,7 @@
 //! in-flight requests), rotator, writer (flush what the cores handed over).
 
 mod api;
+mod check;
 mod config;
 mod error;
 mod event;
@@ -42,6 +43,10 @@ fn main() -> ExitCode {
     logging::init(json, &filter);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config),
+        Command::Check { sale } => {
+            let status = check::run(&cli.config.redis_url, &cli.config.database_url, sale);
+            return ExitCode::from(status);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

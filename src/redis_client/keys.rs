@@ -29,6 +29,12 @@ pub fn outbox(sale_id: i64) -> String {
     format!("{{sale:{sale_id}}}:outbox")
 }
 
+/// Where outbox entries that can never be recorded are moved when their sale
+/// is closed out, for an operator to inspect.
+pub fn outbox_dead_letter(sale_id: i64) -> String {
+    format!("{{sale:{sale_id}}}:outbox:dead")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 use redis::Value;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::redis_client::keys;
 
 /// One sold item, as appended by `purchase.lua`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,17 +36,6 @@ pub struct OutboxBatch {
     pub raw_count: usize,
 }
 
-/// The stream key of sale `sale_id` (same hash tag as the sale's other keys).
-pub fn outbox_key(sale_id: i64) -> String {
-    format!("{{sale:{sale_id}}}:outbox")
-}
-
-/// Where entries that can never be recorded are moved when their sale is
-/// closed out, for an operator to inspect.
-pub fn dead_letter_key(sale_id: i64) -> String {
-    format!("{{sale:{sale_id}}}:outbox:dead")
-}
-
 /// Up to `count` entries after the entry id `after` (from the head of the
 /// outbox when `None`). Malformed entries do not fail the read: their ids are
 /// reported in the batch, for the caller to log and step over.
@@ -60,7 +50,7 @@ pub fn read(
         None => "-".to_owned(),
     };
     let reply: Value = redis::cmd("XRANGE")
-        .arg(outbox_key(sale_id))
+        .arg(keys::outbox(sale_id))
         .arg(start)
         .arg("+")
         .arg("COUNT")
@@ -74,7 +64,7 @@ pub fn ack(con: &mut redis::Connection, sale_id: i64, ids: &[String]) -> Result<
     // XDEL takes many ids; keep each command to a sane size.
     for chunk in ids.chunks(1000) {
         let _: i64 = redis::cmd("XDEL")
-            .arg(outbox_key(sale_id))
+            .arg(keys::outbox(sale_id))
             .arg(chunk)
             .query(con)?;
     }
@@ -83,13 +73,13 @@ pub fn ack(con: &mut redis::Connection, sale_id: i64, ids: &[String]) -> Result<
 
 /// Entries still in the outbox.
 pub fn len(con: &mut redis::Connection, sale_id: i64) -> Result<u64> {
-    let n: u64 = redis::cmd("XLEN").arg(outbox_key(sale_id)).query(con)?;
+    let n: u64 = redis::cmd("XLEN").arg(keys::outbox(sale_id)).query(con)?;
     Ok(n)
 }
 
 /// Deletes the (empty) outbox of a closed-out sale.
 pub fn delete(con: &mut redis::Connection, sale_id: i64) -> Result<()> {
-    let _: i64 = redis::cmd("DEL").arg(outbox_key(sale_id)).query(con)?;
+    let _: i64 = redis::cmd("DEL").arg(keys::outbox(sale_id)).query(con)?;
     Ok(())
 }
 
@@ -98,13 +88,13 @@ pub fn delete(con: &mut redis::Connection, sale_id: i64) -> Result<()> {
 pub fn move_to_dead_letter(con: &mut redis::Connection, sale_id: i64) -> Result<()> {
     // A missing outbox means there is nothing left (or it was moved on an
     // earlier attempt whose Postgres update then failed).
-    let exists: i64 = redis::cmd("EXISTS").arg(outbox_key(sale_id)).query(con)?;
+    let exists: i64 = redis::cmd("EXISTS").arg(keys::outbox(sale_id)).query(con)?;
     if exists == 0 {
         return Ok(());
     }
     let moved: i64 = redis::cmd("RENAMENX")
-        .arg(outbox_key(sale_id))
-        .arg(dead_letter_key(sale_id))
+        .arg(keys::outbox(sale_id))
+        .arg(keys::outbox_dead_letter(sale_id))
         .query(con)?;
     if moved == 0 {
         return Err(Error::new(
@@ -242,8 +232,8 @@ mod tests {
 
     #[test]
     fn key_uses_the_sale_hash_tag() {
-        assert_eq!(outbox_key(42), "{sale:42}:outbox");
-        assert_eq!(dead_letter_key(42), "{sale:42}:outbox:dead");
+        assert_eq!(keys::outbox(42), "{sale:42}:outbox");
+        assert_eq!(keys::outbox_dead_letter(42), "{sale:42}:outbox:dead");
     }
 
     #[test]

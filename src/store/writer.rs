@@ -720,7 +720,7 @@ impl Writer {
             tracing::error!(
                 sale_id,
                 entries = left,
-                key = %outbox::dead_letter_key(sale_id),
+                key = %crate::redis_client::keys::outbox_dead_letter(sale_id),
                 "sale closed out with outbox entries that cannot be recorded; moved aside"
             );
         }
