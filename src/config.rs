@@ -132,6 +132,14 @@ pub struct Config {
     )]
     pub sale_retention_secs: u64,
 
+    /// Largest request line (method, target, version), in bytes; past it → 431.
+    #[arg(
+        long = "max-request-line-bytes",
+        env = "FLASHSALE_MAX_REQUEST_LINE_BYTES",
+        default_value_t = 4096
+    )]
+    pub max_request_line_bytes: usize,
+
     /// Largest request line plus headers, in bytes; past it → 431.
     #[arg(
         long = "max-header-bytes",
@@ -172,7 +180,7 @@ pub struct Config {
     )]
     pub read_timeout_ms: u64,
 
-    /// Most open connections per core; past it new connections are closed at once.
+    /// Most open connections per core; past it new connections get 503 and are closed.
     #[arg(
         long = "max-conns-per-core",
         env = "FLASHSALE_MAX_CONNS_PER_CORE",

@@ -115,6 +115,7 @@ fn serve(config: Config) -> Result<()> {
             records,
             postgres,
             limits: Limits {
+                max_request_line_bytes: config.max_request_line_bytes,
                 max_header_bytes: config.max_header_bytes,
                 max_headers: config.max_headers,
                 max_body_bytes: config.max_body_bytes,

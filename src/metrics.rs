@@ -346,7 +346,7 @@ impl Registry {
             ),
             (
                 "flashsale_connections_refused_total",
-                "Connections closed at once because a core was at its connection limit.",
+                "Connections answered 503 and closed because a core was at its connection limit.",
                 sum(&|c| &c.connections_refused),
             ),
             (

@@ -152,7 +152,7 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
         };
         if open.get() >= setup.max_conns {
             metrics.connection_refused();
-            drop(stream);
+            monoio::spawn(crate::http::conn::refuse(stream));
             continue;
         }
         open.set(open.get() + 1);

@@ -9,7 +9,12 @@
 # Each run: wrk -t1 -c64 -d10s --latency http://127.0.0.1:PORT/nope
 #
 # Usage: bench/codec/compare.sh            (from the repository root)
-#   RUNS=3 DURATION=10s WARMUP=2s WRK_CPU=1 PERF=0
+#   RUNS=3 DURATION=10s WARMUP=2s WRK_CPU=1 PERF=0 QUIET_WAIT=300
+#   Before each run the script waits (up to QUIET_WAIT s) until the machine is
+#   idle (< 5% busy over 1 s: the two CPUs are shared with other engineers),
+#   and it reports for each run the CPU used by anything other than the server
+#   under test and wrk ("other %", of both CPUs; steal included), so a run
+#   disturbed by someone's build shows up as such.
 #   PERF=1 also records `perf record -e cpu-clock -g` of each server under a
 #   separate 10 s wrk run after the measured runs (reports in $OUT_DIR).
 # Needs Redis and Postgres for flashsale (REDIS_URL, DATABASE_URL below).
@@ -23,6 +28,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 WRK_CPU=${WRK_CPU:-1}      # servers pin themselves to CPU 0; wrk goes on the other core
 PERF=${PERF:-0}
+QUIET_WAIT=${QUIET_WAIT:-300}
 OUT_DIR=${OUT_DIR:-/tmp/codec-compare}
 REF_PORT=${REF_PORT:-8081}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/9}
@@ -113,26 +119,57 @@ run_wrk() { # port duration -> wrk output
     taskset -c "$WRK_CPU" wrk -t1 -c64 -d"$2" --latency "http://127.0.0.1:$1/nope"
 }
 
+# "busy total" jiffies of all CPUs (busy includes irq, softirq and steal)
+cpu_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+# user+system ticks of a process, all its threads
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+wait_quiet() {
+    local waited=0 b0 t0 b1 t1
+    while :; do
+        read -r b0 t0 < <(cpu_jiffies)
+        sleep 1
+        read -r b1 t1 < <(cpu_jiffies)
+        if (((b1 - b0) * 100 < 5 * (t1 - t0))); then
+            return 0
+        fi
+        waited=$((waited + 1))
+        if ((waited >= QUIET_WAIT)); then
+            echo "   (machine still busy after ${QUIET_WAIT}s; running anyway)" >&2
+            return 0
+        fi
+    done
+}
+
 echo "== warm-up ($WARMUP each)"
 run_wrk "$OURS_PORT" "$WARMUP" >/dev/null
 run_wrk "$REF_PORT" "$WARMUP" >/dev/null
 
 RESULTS="$OUT_DIR/results.tsv"
-printf 'run\tserver\treq_s\tp50_us\tp99_us\tnon2xx_or_errors\n' >"$RESULTS"
+printf 'run\tserver\treq_s\tp50_us\tp99_us\tother_cpu_pct\tsocket_errors\n' >"$RESULTS"
+TIMEFORMAT='%U %S'
 for run in $(seq 1 "$RUNS"); do
     for side in ours monoio-http; do
-        if [[ $side == ours ]]; then port=$OURS_PORT; else port=$REF_PORT; fi
+        if [[ $side == ours ]]; then port=$OURS_PORT pid=$OURS_PID; else port=$REF_PORT pid=$REF_PID; fi
         out="$OUT_DIR/wrk.$run.$side.txt"
-        run_wrk "$port" "$DURATION" >"$out"
+        wait_quiet
+        read -r b0 t0 < <(cpu_jiffies)
+        s0=$(proc_ticks "$pid")
+        { time run_wrk "$port" "$DURATION" >"$out"; } 2>"$OUT_DIR/time.txt"
+        read -r b1 t1 < <(cpu_jiffies)
+        s1=$(proc_ticks "$pid")
+        other=$(awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" -v s="$((s1 - s0))" \
+            -v hz="$(getconf CLK_TCK)" '{ w = ($1 + $2) * hz; printf "%.1f", (b - s - w) * 100 / t }' \
+            < <(tail -n1 "$OUT_DIR/time.txt"))
         rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
         p50=$(to_us "$(awk '$1 == "50%" {print $2}' "$out")")
         p99=$(to_us "$(awk '$1 == "99%" {print $2}' "$out")")
         # Every response is a 404, so wrk's "Non-2xx" equals the request count;
         # socket errors are what would show a problem.
         errs=$(awk '/Socket errors/ {print $0}' "$out" | sed 's/^ *//')
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$side" "$rps" "$p50" "$p99" "${errs:-none}" >>"$RESULTS"
-        printf 'run %s %-12s %10s req/s  p50 %6s us  p99 %6s us  %s\n' \
-            "$run" "$side" "$rps" "$p50" "$p99" "${errs:-no socket errors}"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$side" "$rps" "$p50" "$p99" "$other" "${errs:-none}" >>"$RESULTS"
+        printf 'run %s %-12s %10s req/s  p50 %6s us  p99 %6s us  other %5s%%  %s\n' \
+            "$run" "$side" "$rps" "$p50" "$p99" "$other" "${errs:-no socket errors}"
     done
 done
 
@@ -155,6 +192,7 @@ if [[ $PERF == 1 ]]; then
     echo "== perf record -e cpu-clock -g (10 s of wrk each)"
     for side in ours monoio-http; do
         if [[ $side == ours ]]; then port=$OURS_PORT pid=$OURS_PID; else port=$REF_PORT pid=$REF_PID; fi
+        wait_quiet
         perf record -e cpu-clock -g -p "$pid" -o "$OUT_DIR/perf.$side.data" -- sleep 10 \
             >/dev/null 2>&1 &
         perf_pid=$!

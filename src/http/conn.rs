@@ -116,10 +116,37 @@ pub async fn serve<H: Handler>(
     }
 }
 
+/// Answers a connection the core has no room for with 503 and closes it,
+/// spending at most a second on it.
+pub async fn refuse(mut stream: TcpStream) {
+    let mut out = Vec::with_capacity(256);
+    let mut body = Vec::with_capacity(128);
+    super::response::error_body(
+        &mut body,
+        "overloaded",
+        "too many connections; retry shortly",
+    );
+    let mut head = super::ResponseHead::json(503);
+    head.retry_after = Some(1);
+    write_response(&mut out, &head, &body, None, true);
+    let write = async {
+        let (res, _) = stream.write_all(out).await;
+        if res.is_ok() {
+            let _ = stream.shutdown().await;
+        }
+    };
+    let _ = monoio::time::timeout(std::time::Duration::from_secs(1), write).await;
+}
+
 /// Status and code for a request that could not be parsed.
 pub fn parse_error_status(error: ParseError) -> (u16, &'static str, &'static str) {
     match error {
         ParseError::Malformed => (400, "bad_request", "malformed HTTP request"),
+        ParseError::RequestLineTooLarge => (
+            431,
+            "request_line_too_large",
+            "request line exceeds the limit",
+        ),
         ParseError::HeadersTooLarge => (
             431,
             "headers_too_large",

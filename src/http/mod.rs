@@ -41,6 +41,7 @@ impl Method {
 /// Limits on what a client may send and how slowly.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    pub max_request_line_bytes: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: usize,
@@ -53,6 +54,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            max_request_line_bytes: 4096,
             max_header_bytes: 8192,
             max_headers: 64,
             max_body_bytes: 16 * 1024,

@@ -26,6 +26,8 @@ pub struct RequestHead<'a> {
 pub enum ParseError {
     /// Not HTTP/1.x, or broken syntax → 400.
     Malformed,
+    /// Request line over its limit → 431.
+    RequestLineTooLarge,
     /// Request line plus headers over the limit, or too many headers → 431.
     HeadersTooLarge,
     /// Content-Length over the limit → 413.
@@ -39,6 +41,10 @@ pub fn parse_head<'a>(
     buf: &'a [u8],
     limits: &Limits,
 ) -> Result<Option<RequestHead<'a>>, ParseError> {
+    let line_len = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    if line_len > limits.max_request_line_bytes {
+        return Err(ParseError::RequestLineTooLarge);
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers[..limits.max_headers.clamp(1, MAX_HEADERS)]);
     let head_len = match req.parse(buf) {
@@ -153,6 +159,27 @@ mod tests {
         let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 2000));
         assert_eq!(parse(&big), Err(ParseError::HeadersTooLarge));
+    }
+
+    #[test]
+    fn long_request_lines_are_refused_early() {
+        let limits = Limits {
+            max_request_line_bytes: 32,
+            ..limits()
+        };
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(40));
+        assert_eq!(
+            parse_head(long.as_bytes(), &limits),
+            Err(ParseError::RequestLineTooLarge)
+        );
+        // refused before the line is even complete
+        assert_eq!(
+            parse_head(&long.as_bytes()[..36], &limits),
+            Err(ParseError::RequestLineTooLarge)
+        );
+        let short =
+            b"GET /ok HTTP/1.1\r\nX-Long-Header: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        assert!(parse_head(short, &limits).unwrap().is_some());
     }
 
     #[test]
