@@ -20,7 +20,7 @@ use crate::http::request::ParseError;
 use crate::http::response::{ResponseHead, error_body};
 use crate::http::{Handler, Method, RequestHead};
 use crate::metrics::{CoreMetrics, Route};
-use crate::redis_client::{RedisClient, keys};
+use crate::redis_client::{RedisClient, keys, server_reply};
 use crate::sale::SaleInfo;
 use crate::sale::schedule::{ScheduleView, SharedSchedule};
 use crate::sale::sold_map::SoldMap;
@@ -145,6 +145,18 @@ impl Api {
     fn redis_failed(&self, e: Error) -> Reject {
         self.deps.metrics.redis_error();
         e.into()
+    }
+
+    /// One Redis command; failures are counted and become rejections, and an
+    /// error reply is an error.
+    async fn redis_query(&self, cmd: &redis::Cmd) -> Result<redis::Value, Reject> {
+        let value = self
+            .deps
+            .redis
+            .query(cmd)
+            .await
+            .map_err(|e| self.redis_failed(e))?;
+        server_reply(value).map_err(Reject::from)
     }
 
     async fn route(&self, head: &RequestHead<'_>, body: &mut Vec<u8>) -> (Route, Answer) {

@@ -10,7 +10,7 @@ use super::{Answer, Api, NO_ACTIVE_SALE, Reject};
 use crate::http::ResponseHead;
 use crate::http::response::PROMETHEUS_TEXT;
 use crate::metrics::registry;
-use crate::redis_client::{keys, server_reply};
+use crate::redis_client::keys;
 use crate::sale::{image_url, item_id, item_name, now_ms};
 
 const SALE_NOT_FOUND: Reject = Reject::new(404, "sale_not_found", "no such sale");
@@ -24,20 +24,9 @@ pub fn sale_items_path(path: &str) -> Option<&str> {
 impl Api {
     pub(super) async fn sales_active(&self, body: &mut Vec<u8>) -> Answer {
         let sale = self.active_sale(now_ms()).ok_or(NO_ACTIVE_SALE)?;
-        let sold = {
+        let sold: Option<u64> = {
             let _slot = self.begin_redis_work()?;
-            let cmd = redis::cmd("HGET")
-                .arg(keys::meta(sale.id))
-                .arg("sold")
-                .clone();
-            let value = self
-                .deps
-                .redis
-                .query(&cmd)
-                .await
-                .map_err(|e| self.redis_failed(e))?;
-            redis::from_redis_value::<Option<u64>>(server_reply(value)?)
-                .map_err(|_| super::INTERNAL)?
+            self.meta_field(sale.id, "sold").await?
         };
         json::write(
             body,
@@ -80,21 +69,10 @@ impl Api {
             let _slot = self.begin_redis_work()?;
             let total = match self.known_sale(sale_id) {
                 Some(sale) => sale.items,
-                None => {
-                    let cmd = redis::cmd("HGET")
-                        .arg(keys::meta(sale_id))
-                        .arg("items")
-                        .clone();
-                    let value = self
-                        .deps
-                        .redis
-                        .query(&cmd)
-                        .await
-                        .map_err(|e| self.redis_failed(e))?;
-                    redis::from_redis_value::<Option<u32>>(server_reply(value)?)
-                        .map_err(|_| super::INTERNAL)?
-                        .ok_or(SALE_NOT_FOUND)?
-                }
+                None => self
+                    .meta_field::<u32>(sale_id, "items")
+                    .await?
+                    .ok_or(SALE_NOT_FOUND)?,
             };
             let first = offset.min(i64::from(total));
             let last = (offset + limit).min(i64::from(total)); // exclusive, item index
@@ -104,13 +82,7 @@ impl Api {
                     .arg(first / 8)
                     .arg((last - 1) / 8)
                     .clone();
-                match server_reply(
-                    self.deps
-                        .redis
-                        .query(&cmd)
-                        .await
-                        .map_err(|e| self.redis_failed(e))?,
-                )? {
+                match self.redis_query(&cmd).await? {
                     Value::BulkString(bytes) => bytes,
                     _ => Vec::new(),
                 }
@@ -148,6 +120,20 @@ impl Api {
             },
         );
         Ok(ResponseHead::json(200))
+    }
+
+    /// One field of a sale's meta hash (`None` when the sale is unknown to Redis).
+    async fn meta_field<T: redis::FromRedisValue>(
+        &self,
+        sale_id: i64,
+        field: &str,
+    ) -> Result<Option<T>, Reject> {
+        let cmd = redis::cmd("HGET")
+            .arg(keys::meta(sale_id))
+            .arg(field)
+            .clone();
+        let value = self.redis_query(&cmd).await?;
+        redis::from_redis_value(value).map_err(|_| super::INTERNAL)
     }
 
     pub(super) async fn health(&self, body: &mut Vec<u8>) -> ResponseHead {

@@ -12,6 +12,9 @@
 
 #![allow(dead_code)]
 
+/// Private Redis and Postgres instances for the fault-injection tests.
+pub mod services;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File};
