@@ -135,3 +135,113 @@ mod tests {
         assert_eq!(q.text("code", "bad"), Ok("12-abc"));
     }
 }
+
+/// Bounded fuzzing of query parsing (proptest): no input panics, and what
+/// is accepted is exactly what the API may use.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NAMES: [&str; 6] = ["user_id", "id", "code", "limit", "offset", "x"];
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "[0-9]{1,25}",
+            1 => "-?[0-9]{1,5}",
+            1 => "0+[0-9]{0,3}",
+            1 => "%[0-9A-Fa-f]{2}[0-9]{0,3}|[0-9]{1,3}%0[dD]%0[aA]FLUSHALL|1;DROP TABLE users|\\+1|1e3|%2B1",
+            2 => "[ -~]{0,20}",
+            1 => "\\PC{0,10}",
+            1 => Just(i64::MAX.to_string()),
+            1 => Just("9223372036854775808".to_string()),
+        ]
+    }
+
+    /// `name=value` pairs joined by `&`, with names that the API reads.
+    fn query() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => proptest::collection::vec((0..NAMES.len(), value(), "[=&;]?"), 0..5).prop_map(
+                |pairs| {
+                    pairs
+                        .iter()
+                        .map(|(n, v, sep)| format!("{}={v}{sep}", NAMES[*n]))
+                        .collect::<Vec<_>>()
+                        .join("&")
+                }
+            ),
+            1 => "\\PC{0,40}",
+            1 => proptest::collection::vec(any::<u8>(), 0..40)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]
+    }
+
+    fn check(q: &str) -> Result<(), TestCaseError> {
+        let query = Query::parse(q);
+        for name in NAMES {
+            if let Ok(id) = query.positive_id(name, "bad") {
+                prop_assert!(id > 0);
+                prop_assert_eq!(parse_positive(&id.to_string()), Some(id));
+                // The accepted text was plain digits naming that number.
+                let raw = query.text(name, "bad").expect("accepted, so present once");
+                prop_assert!(raw.bytes().all(|b| b.is_ascii_digit()), "{:?}", raw);
+                prop_assert_eq!(raw.trim_start_matches('0'), id.to_string());
+            }
+            if let Ok(v) = query.bounded(name, 100, 1, 1000, "bad") {
+                prop_assert!((1..=1000).contains(&v));
+            }
+            if let Ok(v) = query.bounded(name, 0, 0, i64::MAX, "bad") {
+                prop_assert!(v >= 0);
+            }
+            // A parameter given twice is refused by every accessor.
+            let given = form_urlencoded::parse(q.as_bytes())
+                .filter(|(k, _)| k == name)
+                .count();
+            if given > 1 {
+                prop_assert!(query.text(name, "bad").is_err());
+                prop_assert!(query.positive_id(name, "bad").is_err());
+                prop_assert!(query.bounded(name, 1, 0, 10, "bad").is_err());
+            } else if given == 0 {
+                prop_assert!(query.text(name, "bad").is_err());
+                prop_assert_eq!(query.bounded(name, 7, 0, 10, "bad"), Ok(7));
+            } else {
+                prop_assert!(query.text(name, "bad").is_ok());
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::with_cases(2000)
+        })]
+
+        #[test]
+        fn arbitrary_queries_never_panic(q in query()) {
+            check(&q)?;
+        }
+
+        #[test]
+        fn arbitrary_strings_never_panic(q in "\\PC{0,60}") {
+            check(&q)?;
+        }
+
+        #[test]
+        fn numbers_are_accepted_iff_positive_i64(n in any::<u64>(), zeros in 0usize..3) {
+            let text = format!("{}{n}", "0".repeat(zeros));
+            let q = format!("user_id={text}");
+            let got = Query::parse(&q).positive_id("user_id", "bad");
+            let fits = n >= 1 && n <= i64::MAX as u64 && text.len() <= 19;
+            if fits {
+                prop_assert_eq!(got, Ok(n as i64));
+            } else {
+                prop_assert!(got.is_err(), "{} accepted as {:?}", q, got);
+            }
+            // Negative numbers never pass.
+            let neg = format!("user_id=-{n}");
+            prop_assert!(Query::parse(&neg).positive_id("user_id", "bad").is_err());
+        }
+    }
+}

@@ -23,6 +23,7 @@ impl Api {
             "code is not a checkout code",
         ))?;
         let now = now_ms();
+        let first_item = sale_id.checked_mul(ITEM_ID_STRIDE).ok_or(UNKNOWN_CODE)?;
 
         let reply = {
             let _slot = self.begin_redis_work()?;
@@ -37,7 +38,7 @@ impl Api {
                         .arg(now)
                         .arg(keys::user_prefix(sale_id))
                         .arg(code)
-                        .arg(sale_id * ITEM_ID_STRIDE);
+                        .arg(first_item);
                 })
                 .await
                 .map_err(|e| self.redis_failed(e))?

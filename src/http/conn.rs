@@ -68,6 +68,8 @@ pub async fn serve<H: Handler>(
         }
         request_started = if buf.is_empty() {
             None
+        } else if consumed > 0 {
+            Some(std::time::Instant::now())
         } else {
             request_started.or_else(|| Some(std::time::Instant::now()))
         };

@@ -16,7 +16,11 @@ pub fn new_code(sale_id: i64) -> String {
 /// The sale id of a well-formed code, or `None` for anything else.
 pub fn parse_code(code: &str) -> Option<i64> {
     let (sale, random) = code.split_once('-')?;
-    if sale.is_empty() || sale.len() > 18 || !sale.bytes().all(|b| b.is_ascii_digit()) {
+    if sale.is_empty()
+        || sale.len() > 18
+        || sale.starts_with('0')
+        || !sale.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     if random.len() != RANDOM_HEX_LEN
@@ -65,5 +69,95 @@ mod tests {
         ] {
             assert_eq!(parse_code(bad), None, "{bad:?}");
         }
+    }
+}
+
+/// Bounded fuzzing of `parse_code` (proptest): it never panics and accepts
+/// exactly the format `new_code` produces.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `^[1-9][0-9]{0,17}-[0-9a-f]{32}$`: a canonical sale id (no sign, no
+    /// leading zero, at most 18 digits), a dash, 32 lowercase hex digits.
+    fn canonical(code: &str) -> Option<i64> {
+        let (sale, random) = code.split_once('-')?;
+        let sale_ok = (1..=18).contains(&sale.len())
+            && sale.bytes().all(|b| b.is_ascii_digit())
+            && !sale.starts_with('0');
+        let random_ok = random.len() == 32
+            && random
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if sale_ok && random_ok {
+            sale.parse().ok()
+        } else {
+            None
+        }
+    }
+
+    fn near_code() -> impl Strategy<Value = String> {
+        let sale = prop_oneof![
+            4 => "[1-9][0-9]{0,17}",
+            1 => "0{1,3}[0-9]{0,5}",
+            1 => "[0-9]{18,21}",
+            1 => "-?[+ ]?[0-9]{0,3}",
+            1 => "[ -~]{0,4}",
+        ];
+        let random = prop_oneof![
+            4 => "[0-9a-f]{32}",
+            1 => "[0-9a-f]{30,34}",
+            1 => "[0-9a-fA-F]{32}",
+            1 => "[0-9a-g-]{32}",
+            1 => "\\PC{0,34}",
+        ];
+        (sale, "-|--|_|", random).prop_map(|(s, d, r)| format!("{s}{d}{r}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::with_cases(2000)
+        })]
+
+        #[test]
+        fn parse_code_accepts_exactly_canonical_codes(code in near_code()) {
+            prop_assert_eq!(parse_code(&code), canonical(&code), "{:?}", code);
+        }
+
+        #[test]
+        fn arbitrary_strings_never_panic(code in "\\PC{0,60}") {
+            prop_assert_eq!(parse_code(&code), canonical(&code), "{:?}", code);
+        }
+
+        #[test]
+        fn new_codes_are_canonical(sale in 1i64..=999_999_999_999_999_999) {
+            let code = new_code(sale);
+            prop_assert_eq!(canonical(&code), Some(sale));
+            prop_assert_eq!(parse_code(&code), Some(sale));
+            prop_assert_eq!(code.len(), sale.to_string().len() + 1 + RANDOM_HEX_LEN);
+        }
+
+        #[test]
+        fn one_altered_digit_is_another_code(sale in 1i64..1_000_000, pos in 0usize..32, to in 0u8..16) {
+            // Altering the random part keeps the format (so the server must
+            // look it up and find nothing), and no two fresh codes collide.
+            let code = new_code(sale);
+            let at = code.len() - RANDOM_HEX_LEN + pos;
+            let mut bytes = code.clone().into_bytes();
+            bytes[at] = b"0123456789abcdef"[to as usize];
+            let altered = String::from_utf8(bytes).unwrap();
+            prop_assert_eq!(parse_code(&altered), Some(sale));
+            prop_assert_ne!(new_code(sale), code);
+        }
+    }
+
+    #[test]
+    fn leading_zeros_in_the_sale_id_are_not_a_code() {
+        // `new_code` never writes them, so such a code was never issued; it
+        // should be refused as malformed (400), like every other non-code.
+        assert_eq!(parse_code("012-0123456789abcdef0123456789abcdef"), None);
     }
 }

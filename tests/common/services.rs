@@ -38,6 +38,61 @@ const SERVER_START_DEADLINE: Duration = Duration::from_secs(30);
 
 unsafe extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
+    fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+}
+
+/// `PR_SET_PDEATHSIG`: the child gets SIGKILL when the thread that spawned
+/// it dies, so a test process killed from outside leaves no Redis or
+/// flashsale behind (Postgres daemonizes; stale clusters are cleaned up by
+/// the next run, see `clean_stale`).
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            prctl(1, SIGKILL as u64, 0, 0, 0);
+            Ok(())
+        });
+    }
+}
+
+/// Whether a process with this pid exists (and is no zombie).
+fn pid_alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    })
+}
+
+/// Removes the directories of earlier test processes that are gone (killed
+/// before their drops ran), stopping any Postgres still running there.
+fn clean_stale(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if pid == std::process::id() || pid_alive(pid) {
+            continue;
+        }
+        let data = entry.path().join("pg").join("data");
+        if data.join("postmaster.pid").exists() {
+            let _ = run_bounded(
+                Command::new("runuser")
+                    .args(["-u", PG_OS_USER, "--", &format!("{PG_BIN}/pg_ctl")])
+                    .arg("-D")
+                    .arg(&data)
+                    .args(["-m", "immediate", "-w", "-t", "20", "stop"])
+                    .current_dir(entry.path().join("pg")),
+                Duration::from_secs(30),
+            );
+        }
+        eprintln!("[services] removing stale {}", entry.path().display());
+        let _ = fs::remove_dir_all(entry.path());
+    }
 }
 
 pub const SIGINT: i32 = 2;
@@ -133,6 +188,8 @@ impl FaultDir {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let name = test_name();
         let root = super::target_dir().join("fault-data");
+        static CLEANED: std::sync::Once = std::sync::Once::new();
+        CLEANED.call_once(|| clean_stale(&root));
         let path = root.join(format!(
             "{}-{}-{}",
             std::thread::current()
@@ -232,8 +289,8 @@ impl PrivateRedis {
             .append(true)
             .open(&self.log_path)
             .expect("open redis log");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(&self.dir)
@@ -241,7 +298,9 @@ impl PrivateRedis {
             .args(["--appendfsync", "everysec"])
             .args(["--save", ""])
             .args(["--daemonize", "no"])
-            .args(["--databases", "4"])
+            .args(["--databases", "4"]);
+        die_with_parent(&mut cmd);
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -442,7 +501,10 @@ impl PrivatePostgres {
             )
             .is_ok()
         });
-        assert!(ok, "private postgres on port {port} does not accept connections");
+        assert!(
+            ok,
+            "private postgres on port {port} does not accept connections"
+        );
     }
 
     /// `pg_ctl stop -m fast`: connections are terminated, the port closes.
@@ -493,7 +555,9 @@ impl Drop for PrivatePostgres {
 
 fn chown_pg(path: &Path) {
     let out = run_bounded(
-        Command::new("chown").arg(format!("{PG_OS_USER}:")).arg(path),
+        Command::new("chown")
+            .arg(format!("{PG_OS_USER}:"))
+            .arg(path),
         Duration::from_secs(10),
     );
     assert!(
@@ -565,12 +629,10 @@ impl Flashsale {
     /// `GET /metrics`, one sample by its full name (labels included).
     pub fn metric(&self, name: &str) -> Option<f64> {
         let text = self.get("/metrics").text();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                (k == name).then(|| v.parse().ok()).flatten()
-            })
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name).then(|| v.parse().ok()).flatten()
+        })
     }
 
     /// SIGKILL, and reaps the process.
@@ -685,6 +747,7 @@ impl Rig {
         for (k, v) in &self.config.env {
             cmd.env(k, v);
         }
+        die_with_parent(&mut cmd);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
