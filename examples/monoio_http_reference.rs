@@ -57,7 +57,11 @@ fn main() {
                     if let Some(core) = pin {
                         core_affinity::set_for_current(core);
                     }
+                    // The same io_uring setup as flashsale's cores (COOP_TASKRUN).
+                    let mut urb = io_uring::IoUring::builder();
+                    urb.setup_coop_taskrun();
                     let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                        .uring_builder(urb)
                         .enable_timer()
                         .with_entries(4096)
                         .build()

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Our HTTP layer (httparse + our response writer) against monoio-http's h1
-# codec, on the 404 path, side by side in one run: A B A B A B.
+# codec, on the 404 path, side by side in one run: A B C A B C A B C.
 #
 #   A = target/release/flashsale, FLASHSALE_CORES=1, on $OURS_PORT (8080, or 8090
 #       if another flashsale already holds 8080)
 #   B = target/release/examples/monoio_http_reference, 1 thread, on $REF_PORT (8081)
+#   C = target/release/examples/httparse_reference (our src/http in the same shell
+#       as B: the codec and connection loop alone), 1 thread, on $SHELL_PORT (8082)
 #
 # Each run: wrk -t1 -c64 -d10s --latency http://127.0.0.1:PORT/nope
 #
@@ -26,6 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OURS_BIN=target/release/flashsale
 REF_BIN=target/release/examples/monoio_http_reference
+SHELL_BIN=target/release/examples/httparse_reference
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
@@ -36,12 +39,13 @@ MAX_OTHER=${MAX_OTHER:-5}  # % of both CPUs used by others during a run before i
 MAX_ATTEMPTS=${MAX_ATTEMPTS:-4}
 OUT_DIR=${OUT_DIR:-/tmp/codec-compare}
 REF_PORT=${REF_PORT:-8081}
+SHELL_PORT=${SHELL_PORT:-8082}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/9}
 DATABASE_URL=${DATABASE_URL:-postgres://flashsale@127.0.0.1:5432/bench}
 mkdir -p "$OUT_DIR"
 
-for bin in "$OURS_BIN" "$REF_BIN"; do
-    [[ -x $bin ]] || { echo "missing $bin (cargo build --release [--example monoio_http_reference])" >&2; exit 1; }
+for bin in "$OURS_BIN" "$REF_BIN" "$SHELL_BIN"; do
+    [[ -x $bin ]] || { echo "missing $bin (cargo build --release --examples)" >&2; exit 1; }
 done
 
 listening() { ss -ltnH "sport = :$1" | grep -q .; }
@@ -49,7 +53,7 @@ if [[ -z ${OURS_PORT:-} ]]; then
     OURS_PORT=8080
     listening 8080 && OURS_PORT=8090
 fi
-for port in "$OURS_PORT" "$REF_PORT"; do
+for port in "$OURS_PORT" "$REF_PORT" "$SHELL_PORT"; do
     if listening "$port"; then
         echo "port $port is already in use:" >&2
         ss -ltnpH "sport = :$port" >&2
@@ -79,6 +83,9 @@ PIDS+=("$OURS_PID")
 "$REF_BIN" "127.0.0.1:$REF_PORT" 1 >"$OUT_DIR/reference.log" 2>&1 &
 REF_PID=$!
 PIDS+=("$REF_PID")
+"$SHELL_BIN" "127.0.0.1:$SHELL_PORT" 1 >"$OUT_DIR/httparse.log" 2>&1 &
+SHELL_PID=$!
+PIDS+=("$SHELL_PID")
 
 wait_up() {
     for _ in $(seq 1 150); do
@@ -90,13 +97,14 @@ wait_up() {
 }
 wait_up "$OURS_PORT"
 wait_up "$REF_PORT"
+wait_up "$SHELL_PORT"
 
 echo "== machine"
 echo "$(nproc) CPUs; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "ours: pid $OURS_PID on :$OURS_PORT; monoio-http: pid $REF_PID on :$REF_PORT; wrk on CPU $WRK_CPU"
 
 echo "== sanity: same status and body"
-for port in "$OURS_PORT" "$REF_PORT"; do
+for port in "$OURS_PORT" "$REF_PORT" "$SHELL_PORT"; do
     curl -s -D "$OUT_DIR/head.$port" -o "$OUT_DIR/body.$port" "http://127.0.0.1:$port/nope"
     echo "-- :$port"
     tr -d '\r' <"$OUT_DIR/head.$port"
@@ -177,14 +185,19 @@ measure() { # port pid out
 echo "== warm-up ($WARMUP each)"
 run_wrk "$OURS_PORT" "$WARMUP" >/dev/null
 run_wrk "$REF_PORT" "$WARMUP" >/dev/null
+run_wrk "$SHELL_PORT" "$WARMUP" >/dev/null
 
-echo "== runs (A B alternating; a run with other > ${MAX_OTHER}% is discarded and repeated)"
+echo "== runs (A B C alternating; a run with other > ${MAX_OTHER}% is discarded and repeated)"
 RESULTS="$OUT_DIR/results.tsv"
 printf 'run\tserver\treq_s\tp50_us\tp99_us\tuser_us_per_req\tsys_us_per_req\tother_cpu_pct\tsocket_errors\n' >"$RESULTS"
 TIMEFORMAT='%U %S'
 for run in $(seq 1 "$RUNS"); do
-    for side in ours monoio-http; do
-        if [[ $side == ours ]]; then port=$OURS_PORT pid=$OURS_PID; else port=$REF_PORT pid=$REF_PID; fi
+    for side in ours monoio-http httparse; do
+        case $side in
+            ours) port=$OURS_PORT pid=$OURS_PID ;;
+            monoio-http) port=$REF_PORT pid=$REF_PID ;;
+            httparse) port=$SHELL_PORT pid=$SHELL_PID ;;
+        esac
         for attempt in $(seq 1 "$MAX_ATTEMPTS"); do
             measure "$port" "$pid" "$OUT_DIR/wrk.$run.$side.$attempt.txt"
             line=$(printf 'run %s %-12s %10s req/s  p50 %5s us  p99 %6s us  cpu/req %5s us user + %5s us sys  other %5s%%  %s' \
@@ -203,11 +216,14 @@ done
 echo "== summary"
 awk -F'\t' 'NR > 1 {
         if ($2 == "ours") { o[$1] = $3; op50 += $4; op99 += $5; ou += $6; osy += $7; on++ }
+        else if ($2 == "httparse") { h[$1] = $3; hu += $6; hsy += $7; hn++ }
         else { m[$1] = $3; mp50 += $4; mp99 += $5; mu += $6; msy += $7; mn++ }
     }
     END {
-        for (r in o) { ratio += o[r] / m[r]; n++; os += o[r]; ms += m[r] }
-        printf "mean req/s: ours %.0f, monoio-http %.0f\n", os / n, ms / n
+        for (r in o) { ratio += o[r] / m[r]; hratio += h[r] / m[r]; n++; os += o[r]; ms += m[r]; hs += h[r] }
+        printf "mean req/s: ours %.0f, monoio-http shell %.0f, httparse shell %.0f\n", os / n, ms / n, hs / n
+        printf "codec alone (same shell): mean of per-pair ratios httparse/monoio-http: %.3f\n", hratio / n
+        printf "server CPU per request: httparse shell %.2f us user + %.2f us sys\n", hu / hn, hsy / hn
         printf "mean of per-pair ratios ours/monoio-http: %.3f; ratio of means: %.3f\n", ratio / n, os / ms
         printf "mean p50: ours %.0f us, monoio-http %.0f us; mean p99: ours %.0f us, monoio-http %.0f us\n",
             op50 / on, mp50 / mn, op99 / on, mp99 / mn
