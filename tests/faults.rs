@@ -1247,3 +1247,73 @@ fn sigterm_under_load_drains_and_exits_0() {
 fn sigint_under_load_drains_and_exits_0() {
     graceful_stop_under_load(SIGINT);
 }
+
+/// What a core knows is sold is refused without Redis: with Redis shut down,
+/// checkouts of a sold item still get `409 item_sold` on every core (and are
+/// counted as answers from the known-sold map), while an unsold item, which
+/// needs Redis, gets 503.
+#[test]
+fn known_sold_items_are_refused_without_redis() {
+    let mut rig = Rig::start(ServerConfig::new(100, 10));
+    let sale = rig.server().active_sale();
+    let mut conn = rig.server().connect();
+    let r = conn.checkout(1, sale.item(1));
+    assert_eq!(r.status, 200, "{r}");
+    let code = r.str("code").to_string();
+    let r = conn.purchase(&code);
+    assert_eq!(r.status, 200, "{r}");
+    // Every core refreshes its map from Redis's bitmap every 100 ms; wait
+    // until both have answered a sold checkout from it.
+    let server = rig.server();
+    let mut user = 100;
+    eventually(
+        Duration::from_secs(5),
+        "both cores answer the sold item from their map",
+        || {
+            let before = server
+                .metric("flashsale_sold_map_answers_total")
+                .unwrap_or(0.0);
+            let mut from_map = 0.0;
+            for _ in 0..8 {
+                user += 1;
+                let r = server.connect().checkout(user, sale.item(1));
+                assert_eq!(r.status, 409, "{r}");
+                let now = server
+                    .metric("flashsale_sold_map_answers_total")
+                    .unwrap_or(0.0);
+                from_map = now - before;
+            }
+            from_map >= 8.0
+        },
+    );
+
+    rig.redis.shutdown();
+    let before = rig
+        .server()
+        .metric("flashsale_sold_map_answers_total")
+        .unwrap_or(0.0);
+    for user in 1000..1020 {
+        // A fresh connection each time, so both cores answer.
+        let r = rig.server().connect().checkout(user, sale.item(1));
+        assert_eq!(r.status, 409, "sold item with Redis down: {r}");
+        assert_eq!(r.str("error"), "item_sold", "{r}");
+    }
+    let after = rig
+        .server()
+        .metric("flashsale_sold_map_answers_total")
+        .unwrap_or(0.0);
+    assert!(
+        after - before >= 20.0,
+        "sold-map answers {before} -> {after}"
+    );
+    let r = rig.server().connect().checkout(2000, sale.item(2));
+    assert_eq!(r.status, 503, "an unsold item needs Redis: {r}");
+
+    rig.redis.restart();
+    eventually(
+        Duration::from_secs(15),
+        "checkouts of unsold items work again once Redis is back",
+        || rig.server().connect().checkout(2000, sale.item(2)).status == 200,
+    );
+    rig.assert_consistent(sale.id);
+}
