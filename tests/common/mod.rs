@@ -352,37 +352,18 @@ impl TestServer {
     }
 
     fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "server exited during start-up ({status}); log {}:\n{}",
-                    self.log_path.display(),
-                    self.log_tail(40)
-                );
-            }
-            let last = match Conn::try_connect(self.addr)
-                .and_then(|mut c| c.try_request("GET", "/health", &[], b""))
-            {
-                Ok(r) if r.status == 200 => return,
-                Ok(r) => format!("{r}"),
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() >= deadline {
-                panic!(
-                    "server not healthy within {START_DEADLINE:?} (last: {last}); log {}:\n{}",
-                    self.log_path.display(),
-                    self.log_tail(40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (addr, log_path) = (self.addr, self.log_path.clone());
+        let child = &mut self.child;
+        wait_healthy(
+            addr,
+            START_DEADLINE,
+            || child.try_wait().ok().flatten().map(|s| s.to_string()),
+            || format!("{}:\n{}", log_path.display(), tail(&log_path, 40)),
+        );
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = fs::read_to_string(&self.log_path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.log_path, lines)
     }
 
     /// Whether the server process is still running.
@@ -1085,4 +1066,42 @@ pub fn sorted(ids: &[i64]) -> Vec<i64> {
     let mut v = ids.to_vec();
     v.sort_unstable();
     v
+}
+
+/// Polls `GET /health` on `addr` until it answers 200. Panics, with the
+/// server's log, when `exited` reports that the process is gone or when
+/// `limit` passes.
+pub fn wait_healthy(
+    addr: SocketAddr,
+    limit: Duration,
+    mut exited: impl FnMut() -> Option<String>,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = exited() {
+            panic!("server exited during start-up ({status}); log {}", log());
+        }
+        let last = match Conn::try_connect(addr)
+            .and_then(|mut c| c.try_request("GET", "/health", &[], b""))
+        {
+            Ok(r) if r.status == 200 => return,
+            Ok(r) => format!("{r}"),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            panic!(
+                "server not healthy within {limit:?} (last: {last}); log {}",
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `lines` lines of a log file (empty if it cannot be read).
+pub fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -163,12 +163,6 @@ fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
     }
 }
 
-fn log_tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 fn keep_data() -> bool {
     std::env::var("FLASHSALE_TEST_KEEP").is_ok_and(|v| !v.is_empty() && v != "0")
 }
@@ -313,7 +307,7 @@ impl PrivateRedis {
             "private redis on port {} did not answer PING (loaded) within {SERVICE_DEADLINE:?}; log {}:\n{}",
             self.port,
             self.log_path.display(),
-            log_tail(&self.log_path, 20)
+            super::tail(&self.log_path, 20)
         );
     }
 
@@ -354,7 +348,7 @@ impl PrivateRedis {
             status.is_some(),
             "redis did not exit after SHUTDOWN ({}): log:\n{}",
             String::from_utf8_lossy(&out.stderr),
-            log_tail(&self.log_path, 20)
+            super::tail(&self.log_path, 20)
         );
     }
 
@@ -490,7 +484,7 @@ impl PrivatePostgres {
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
-            log_tail(&self.log_path, 20)
+            super::tail(&self.log_path, 20)
         );
         self.running = true;
         let port = self.port;
@@ -661,7 +655,7 @@ impl Flashsale {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        log_tail(&self.log_path, lines)
+        super::tail(&self.log_path, lines)
     }
 }
 
@@ -765,31 +759,10 @@ impl Rig {
     pub fn start_server(&mut self) {
         self.spawn_server();
         let server = self.server.as_mut().expect("spawned");
-        let deadline = Instant::now() + SERVER_START_DEADLINE;
-        loop {
-            if !server.is_running() {
-                panic!(
-                    "server exited during start-up; log {}:\n{}",
-                    server.log_path.display(),
-                    server.log_tail(40)
-                );
-            }
-            let last = match Conn::try_connect(server.addr)
-                .and_then(|mut c| c.try_request("GET", "/health", &[], b""))
-            {
-                Ok(r) if r.status == 200 => return,
-                Ok(r) => format!("{r}"),
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() >= deadline {
-                panic!(
-                    "server not healthy within {SERVER_START_DEADLINE:?} (last: {last}); log {}:\n{}",
-                    server.log_path.display(),
-                    server.log_tail(40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (addr, log_path) = (server.addr, server.log_path.clone());
+        let log = || format!("{}:\n{}", log_path.display(), super::tail(&log_path, 40));
+        let mut exited = || (!server.is_running()).then(|| "exited".to_string());
+        super::wait_healthy(addr, SERVER_START_DEADLINE, &mut exited, log);
     }
 
     /// `flashsale check --sale <id>` on this rig's Redis and Postgres.
