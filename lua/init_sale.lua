@@ -1,14 +1,33 @@
 -- init_sale.lua: create a sale's Redis state once; a no-op if it exists, so
--- several instances (and restarts) may all call it. Key layout: checkout.lua.
+-- several instances (and restarts) may all call it. When Redis has lost a
+-- sale it had (a crash past the last AOF fsync, a failover to an empty
+-- replica, a flush), the caller passes what Postgres recorded, and the state
+-- comes back with those items sold and those users' counts, in the same
+-- atomic step that recreates the sale: no checkout or purchase can run in
+-- between, since both refuse a sale without its meta. Key layout: checkout.lua.
 --
--- KEYS[1] meta
+-- KEYS[1] meta  KEYS[2] sold
 -- ARGV[1] sale id  ARGV[2] starts_at  ARGV[3] ends_at (Unix s)
 -- ARGV[4] items  ARGV[5] per-user limit
--- Returns 1 when created, 0 when it was there already.
+-- ARGV[6] user key prefix ({sale:S}:user:)  ARGV[7] expire-at of user keys (Unix ms)
+-- ARGV[8] csv of sold item numbers recorded in Postgres (may be empty)
+-- ARGV[9] csv of user:count pairs recorded in Postgres (may be empty)
+-- Returns 1 when created (restored or new), 0 when it was there already.
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
+local sold = 0
+for n in string.gmatch(ARGV[8] or '', '[^,]+') do
+  if redis.call('SETBIT', KEYS[2], tonumber(n) - 1, 1) == 0 then
+    sold = sold + 1
+  end
+end
+for user, count in string.gmatch(ARGV[9] or '', '(%d+):(%d+)') do
+  local key = ARGV[6] .. user
+  redis.call('HSET', key, 'bought', count)
+  redis.call('PEXPIREAT', key, ARGV[7])
+end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'starts_at', ARGV[2], 'ends_at', ARGV[3],
-  'items', ARGV[4], 'limit', ARGV[5], 'sold', 0)
+  'items', ARGV[4], 'limit', ARGV[5], 'sold', sold)
 return 1

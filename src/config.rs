@@ -228,6 +228,11 @@ impl Config {
         Duration::from_millis(self.writer_flush_ms.max(1))
     }
 
+    /// How long Redis keeps a sale's users and codes after it ends, in ms.
+    pub fn retention_ms(&self) -> i64 {
+        (self.sale_retention_secs as i64).saturating_mul(1000)
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs.max(1))
     }

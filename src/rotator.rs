@@ -15,7 +15,7 @@ use crate::redis_client::scripts::Scripts;
 use crate::sale::schedule::{Schedule, SharedSchedule};
 use crate::sale::{SaleInfo, now_ms, period_start};
 use crate::store::PgPool;
-use crate::store::sales::{SaleRow, ensure_sale};
+use crate::store::sales::{SaleRow, ensure_sale, purchases_of};
 
 pub struct RotatorConfig {
     pub period_secs: i64,
@@ -23,6 +23,38 @@ pub struct RotatorConfig {
     pub user_limit: u32,
     pub redis_url: String,
     pub redis_timeout: Duration,
+    /// How long user keys outlive their sale (ms), as the scripts set it.
+    pub retention_ms: i64,
+}
+
+/// What Postgres recorded of a sale, in init_sale.lua's argument format.
+#[derive(Debug, PartialEq, Eq)]
+struct Restore {
+    /// csv of sold item numbers
+    sold_items: String,
+    /// csv of `user:count`
+    user_counts: String,
+}
+
+impl Restore {
+    fn from_purchases(sale: &SaleInfo, purchases: &[(i64, i64)]) -> Self {
+        let mut numbers = Vec::with_capacity(purchases.len());
+        let mut per_user: std::collections::BTreeMap<i64, u32> = Default::default();
+        for &(item, user) in purchases {
+            if let Some(n) = sale.item_number(item) {
+                numbers.push(n.to_string());
+                *per_user.entry(user).or_default() += 1;
+            }
+        }
+        Restore {
+            sold_items: numbers.join(","),
+            user_counts: per_user
+                .iter()
+                .map(|(user, count)| format!("{user}:{count}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
 }
 
 struct Rotator {
@@ -148,15 +180,65 @@ impl Rotator {
                 "no redis connection",
             ));
         };
-        let _created: i64 = self
+        let exists: bool = redis::cmd("EXISTS").arg(keys::meta(sale.id)).query(con)?;
+        if exists {
+            return Ok(());
+        }
+        // Missing: a new sale, or one Redis lost. Bring back what Postgres
+        // recorded, so that no item sells twice and no limit resets.
+        let recorded = purchases_of(&mut *self.pool.get()?, sale.id)?;
+        let restore = Restore::from_purchases(sale, &recorded);
+        let created: i64 = self
             .init_sale
             .key(keys::meta(sale.id))
+            .key(keys::sold(sale.id))
             .arg(sale.id)
             .arg(sale.starts_at)
             .arg(sale.ends_at)
             .arg(sale.items)
             .arg(sale.user_limit)
+            .arg(keys::user_prefix(sale.id))
+            .arg(sale.ends_at * 1000 + self.config.retention_ms)
+            .arg(&restore.sold_items)
+            .arg(&restore.user_counts)
             .invoke(con)?;
+        if created == 1 && !recorded.is_empty() {
+            tracing::warn!(
+                sale_id = sale.id,
+                items_sold = recorded.len(),
+                "redis had lost this sale; restored its sold items and user counts from postgres"
+            );
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_lists_items_and_counts_per_user() {
+        let sale = SaleInfo {
+            id: 3,
+            starts_at: 0,
+            ends_at: 60,
+            items: 10,
+            user_limit: 5,
+        };
+        let purchases = [
+            (3_000_001, 7),
+            (3_000_004, 7),
+            (3_000_010, 9),
+            (4_000_001, 7),
+        ];
+        let restore = Restore::from_purchases(&sale, &purchases);
+        assert_eq!(restore.sold_items, "1,4,10");
+        assert_eq!(restore.user_counts, "7:2,9:1");
+        let none = Restore::from_purchases(&sale, &[]);
+        assert_eq!(
+            (none.sold_items.as_str(), none.user_counts.as_str()),
+            ("", "")
+        );
     }
 }

@@ -1317,3 +1317,78 @@ fn known_sold_items_are_refused_without_redis() {
     );
     rig.assert_consistent(sale.id);
 }
+
+/// Redis loses a sale's state mid-sale (FLUSHALL: what a crash past the last
+/// AOF fsync or a failover to an empty replica leaves). The rotator notices
+/// within a tick and recreates the sale with the items and per-user counts
+/// that Postgres recorded, in one atomic step: no item sells twice and no
+/// user's limit starts over.
+#[test]
+fn redis_data_loss_is_restored_from_postgres() {
+    const ITEMS: u32 = 50;
+    const LIMIT: u32 = 2;
+    let rig = Rig::start(ServerConfig::new(ITEMS, LIMIT));
+    let sale = rig.server().active_sale();
+    let mut conn = rig.server().connect();
+    let buy = |conn: &mut Conn, user: i64, items: &[u32]| {
+        let mut code = String::new();
+        for &n in items {
+            let r = conn.checkout(user, sale.item(n));
+            assert_eq!(r.status, 200, "{r}");
+            code = r.str("code").to_string();
+        }
+        let r = conn.purchase(&code);
+        assert_eq!(r.status, 200, "{r}");
+        assert_eq!(r.ids("purchased").len(), items.len(), "{r}");
+    };
+    buy(&mut conn, 1, &[1, 2]); // user 1 reaches the limit
+    buy(&mut conn, 2, &[3]);
+    let mut pg = rig.pg.client();
+    eventually(Duration::from_secs(10), "3 purchases in Postgres", || {
+        pg.query_one(
+            "SELECT count(*) FROM purchases WHERE sale_id = $1",
+            &[&sale.id],
+        )
+        .map(|row| row.get::<_, i64>(0) == 3)
+        .unwrap_or(false)
+    });
+
+    let mut redis = rig.redis.connect();
+    let _: () = redis::cmd("FLUSHALL").query(&mut redis).expect("FLUSHALL");
+    eventually(
+        Duration::from_secs(10),
+        "the sale is back in Redis with its 3 sold items",
+        || {
+            let sold: Option<i64> = redis::cmd("HGET")
+                .arg(format!("{{sale:{}}}:meta", sale.id))
+                .arg("sold")
+                .query(&mut redis)
+                .unwrap_or(None);
+            sold == Some(3)
+        },
+    );
+    for n in 1..=3u32 {
+        let bit: i64 = redis::cmd("GETBIT")
+            .arg(format!("{{sale:{}}}:sold", sale.id))
+            .arg(n - 1)
+            .query(&mut redis)
+            .expect("GETBIT");
+        assert_eq!(bit, 1, "item {n} must still be sold in Redis");
+    }
+    let r = conn.checkout(1, sale.item(10));
+    assert_eq!(r.status, 409, "user 1 is still at the limit: {r}");
+    assert_eq!(r.str("error"), "limit_reached", "{r}");
+    let r = conn.checkout(3, sale.item(1));
+    assert_eq!(r.status, 409, "item 1 is still sold: {r}");
+    assert_eq!(r.str("error"), "item_sold", "{r}");
+    buy(&mut conn, 3, &[4]);
+    eventually(Duration::from_secs(10), "4 purchases in Postgres", || {
+        pg.query_one(
+            "SELECT count(*) FROM purchases WHERE sale_id = $1",
+            &[&sale.id],
+        )
+        .map(|row| row.get::<_, i64>(0) == 4)
+        .unwrap_or(false)
+    });
+    rig.assert_consistent(sale.id);
+}

@@ -151,6 +151,18 @@ pub fn sales_to_drain(client: &mut Client) -> Result<Vec<SaleRow>> {
         .collect()
 }
 
+/// Every purchase recorded for a sale, as (item id, user id).
+pub fn purchases_of(client: &mut Client, sale_id: i64) -> Result<Vec<(i64, i64)>> {
+    Ok(client
+        .query(
+            "SELECT item_id, user_id FROM purchases WHERE sale_id = $1",
+            &[&sale_id],
+        )?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
+}
+
 /// Records that every purchase of the sale is in Postgres.
 pub fn mark_drained(client: &mut Client, sale_id: i64) -> Result<()> {
     client.execute(
