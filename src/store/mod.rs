@@ -4,6 +4,7 @@
 //! and `PostgresHealth` (an atomic); everything that blocks lives here, on
 //! the writer and rotator threads.
 
+mod batch;
 pub mod migrate;
 pub mod outbox;
 pub mod sales;
