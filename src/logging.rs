@@ -2,6 +2,8 @@
 //! contains `json`; the rest of the value is a tracing filter (`info`,
 //! `debug`, `flashsale=trace`, ...).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init(json: bool, filter: &str) {
@@ -12,6 +14,7 @@ pub fn init(json: bool, filter: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_thread_names(true)
         .with_target(false);
     if json {
