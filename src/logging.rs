@@ -7,7 +7,14 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub fn init(json: bool, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+    // The postgres crate logs every server NOTICE (e.g. "relation already
+    // exists, skipping" on each start) at info; keep those out unless asked.
+    let filter = if filter.contains("postgres") {
+        filter.to_string()
+    } else {
+        format!("{filter},postgres=warn")
+    };
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
         eprintln!("invalid FLASHSALE_LOG filter {filter:?} ({e}); using info");
         EnvFilter::new("info")
     });
