@@ -15,11 +15,10 @@ mod event;
 mod http;
 #[path = "../src/net.rs"]
 mod net;
+#[path = "shell/mod.rs"]
+mod shell;
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use monoio::net::{ListenerOpts, TcpListener};
+use monoio::net::TcpStream;
 
 use crate::http::request::ParseError;
 use crate::http::response::{ResponseHead, error_body};
@@ -50,63 +49,13 @@ impl Handler for NotFound {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let addr: SocketAddr = args
-        .next()
-        .unwrap_or_else(|| "127.0.0.1:8082".into())
-        .parse()
-        .expect("ADDR must be ip:port");
-    let threads: usize = args
-        .next()
-        .map(|t| t.parse().expect("THREADS must be a number"))
-        .unwrap_or(1);
-    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-    let handles: Vec<_> = (0..threads)
-        .map(|index| {
-            let pin = (!core_ids.is_empty()).then(|| core_ids[index % core_ids.len()]);
-            std::thread::Builder::new()
-                .name(format!("httparse-core-{index}"))
-                .spawn(move || {
-                    if let Some(core) = pin {
-                        core_affinity::set_for_current(core);
-                    }
-                    // The same io_uring setup as flashsale's cores.
-                    let mut urb = io_uring::IoUring::builder();
-                    urb.setup_coop_taskrun();
-                    let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                        .uring_builder(urb)
-                        .enable_timer()
-                        .with_entries(4096)
-                        .build()
-                        .expect("io_uring runtime");
-                    runtime.block_on(accept_loop(addr));
-                })
-                .expect("spawn core thread")
-        })
-        .collect();
-    eprintln!("httparse reference listening on {addr} with {threads} io_uring thread(s)");
-    for handle in handles {
-        let _ = handle.join();
-    }
-}
-
-async fn accept_loop(addr: SocketAddr) {
-    let opts = ListenerOpts::new()
-        .reuse_port(true)
-        .reuse_addr(true)
-        .backlog(4096);
-    let listener = TcpListener::bind_with_config(addr, &opts).expect("bind");
-    let limits = std::rc::Rc::new(Limits::default());
-    let shutdown = event::Event::new();
-    loop {
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                let (limits, shutdown) = (limits.clone(), shutdown.clone());
-                monoio::spawn(async move {
-                    http::conn::serve(stream, &NotFound, &limits, &shutdown).await;
-                });
-            }
-            Err(_) => monoio::time::sleep(Duration::from_millis(5)).await,
-        }
-    }
+    shell::run(
+        "httparse reference",
+        "127.0.0.1:8082",
+        |stream: TcpStream| async move {
+            let limits = Limits::default();
+            let shutdown = event::Event::new();
+            http::conn::serve(stream, &NotFound, &limits, &shutdown).await;
+        },
+    );
 }

@@ -14,14 +14,16 @@
 //! target/release/examples/monoio_http_reference [ADDR] [THREADS]   # 127.0.0.1:8081 1
 //! ```
 
-use std::net::SocketAddr;
+#[path = "shell/mod.rs"]
+mod shell;
+
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use monoio::io::sink::SinkExt;
 use monoio::io::stream::Stream;
-use monoio::net::{ListenerOpts, TcpListener, TcpStream};
+use monoio::net::TcpStream;
 use monoio_http::common::body::{Body, BodyExt, FixedBody, HttpBody, StreamHint};
 use monoio_http::common::response::Response;
 use monoio_http::h1::codec::ServerCodec;
@@ -33,64 +35,7 @@ const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json
 const X_REQUEST_ID: &str = "x-request-id";
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let addr: SocketAddr = args
-        .next()
-        .unwrap_or_else(|| "127.0.0.1:8081".into())
-        .parse()
-        .expect("ADDR must be ip:port");
-    let threads: usize = args
-        .next()
-        .map(|t| t.parse().expect("THREADS must be a number"))
-        .unwrap_or(1);
-    assert!(
-        monoio::utils::detect_uring(),
-        "io_uring is not available; this reference runs on io_uring only"
-    );
-    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-    let handles: Vec<_> = (0..threads)
-        .map(|index| {
-            let pin = (!core_ids.is_empty()).then(|| core_ids[index % core_ids.len()]);
-            std::thread::Builder::new()
-                .name(format!("ref-core-{index}"))
-                .spawn(move || {
-                    if let Some(core) = pin {
-                        core_affinity::set_for_current(core);
-                    }
-                    // The same io_uring setup as flashsale's cores (COOP_TASKRUN).
-                    let mut urb = io_uring::IoUring::builder();
-                    urb.setup_coop_taskrun();
-                    let mut runtime = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                        .uring_builder(urb)
-                        .enable_timer()
-                        .with_entries(4096)
-                        .build()
-                        .expect("io_uring runtime");
-                    runtime.block_on(accept_loop(addr));
-                })
-                .expect("spawn core thread")
-        })
-        .collect();
-    eprintln!("monoio-http reference listening on {addr} with {threads} io_uring thread(s)");
-    for handle in handles {
-        let _ = handle.join();
-    }
-}
-
-async fn accept_loop(addr: SocketAddr) {
-    let opts = ListenerOpts::new()
-        .reuse_port(true)
-        .reuse_addr(true)
-        .backlog(4096);
-    let listener = TcpListener::bind_with_config(addr, &opts).expect("bind");
-    loop {
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                monoio::spawn(serve(stream));
-            }
-            Err(_) => monoio::time::sleep(Duration::from_millis(5)).await,
-        }
-    }
+    shell::run("monoio-http reference", "127.0.0.1:8081", serve);
 }
 
 /// One connection: decode a request, answer it, flush, until the client
