@@ -66,7 +66,7 @@ fn serve(config: Config) -> Result<()> {
 
     let redis = RedisTarget::parse(&config.redis_url)?;
     let pool = store::pool(&config.database_url, config.pg_pool_size)?;
-    migrate_when_postgres_is_up(&pool, &stop)?;
+    let migrated = migrate_if_postgres_is_up(&pool, &stop);
 
     let scripts = Arc::new(Scripts::new());
     let schedule = Arc::new(SharedSchedule::default());
@@ -99,6 +99,7 @@ fn serve(config: Config) -> Result<()> {
         pool.clone(),
         schedule.clone(),
         scripts.clone(),
+        migrated,
         rotator_stop.clone(),
     )
     .map_err(|e| error::Error::with_cause(error::ErrorKind::Internal, "rotator thread", e))?;
@@ -149,22 +150,23 @@ fn serve(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// Applies migrations, waiting for Postgres as long as it takes (or until a signal).
-fn migrate_when_postgres_is_up(pool: &store::PgPool, stop: &AtomicBool) -> Result<()> {
+/// Applies migrations if Postgres answers within a few seconds. Otherwise the
+/// server starts anyway: the rotator applies them once Postgres is back, and
+/// meanwhile serves the sale it had prepared from its Redis index.
+fn migrate_if_postgres_is_up(pool: &store::PgPool, stop: &AtomicBool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
     let mut backoff = Duration::from_millis(100);
-    let mut logged = false;
     loop {
         match store::migrate::migrate(pool) {
-            Ok(()) => return Ok(()),
-            Err(e) if !stop.load(Ordering::Relaxed) => {
-                if !logged {
-                    tracing::warn!(error = %e, "postgres not ready for migrations; retrying");
-                    logged = true;
-                }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+            Ok(()) => return true,
+            Err(e) if Instant::now() >= deadline || stop.load(Ordering::Relaxed) => {
+                tracing::warn!(error = %e, "postgres unavailable at start; starting without it");
+                return false;
             }
-            Err(e) => return Err(e),
+            Err(_) => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
         }
     }
 }

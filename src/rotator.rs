@@ -65,6 +65,11 @@ struct Rotator {
     redis: Option<redis::Connection>,
     /// Sales published so far, oldest first (the last few are kept).
     prepared: Vec<SaleInfo>,
+    /// Whether the migrations are applied (main applies them when Postgres
+    /// is up at start; otherwise the rotator does once it is).
+    migrated: bool,
+    /// Whether the last sale came from the Redis index (Postgres was down).
+    using_index: bool,
 }
 
 /// Starts the rotator thread; it runs until `stop` is set.
@@ -73,6 +78,7 @@ pub fn spawn(
     pool: PgPool,
     schedule: Arc<SharedSchedule>,
     scripts: Arc<Scripts>,
+    migrated: bool,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     let mut rotator = Rotator {
@@ -82,6 +88,8 @@ pub fn spawn(
         init_sale: redis::Script::new(scripts.init_sale.body),
         redis: None,
         prepared: Vec::new(),
+        migrated,
+        using_index: false,
     };
     std::thread::Builder::new()
         .name("rotator".into())
@@ -125,7 +133,11 @@ impl Rotator {
         for start in [current, current + period] {
             let sale = match self.prepared.iter().find(|s| s.starts_at == start) {
                 Some(sale) => *sale,
-                None => self.create(start)?,
+                None => match self.create(start) {
+                    Ok(sale) => sale,
+                    // Postgres down: a sale it already has is in the index.
+                    Err(e) => self.indexed_sale(start)?.ok_or(e)?,
+                },
             };
             // Every tick, so that a Redis that lost its data gets the sale back.
             self.init_redis(&sale)?;
@@ -136,6 +148,7 @@ impl Rotator {
                     items = sale.items,
                     "sale prepared"
                 );
+                self.index(&sale)?;
                 self.prepared.push(sale);
                 self.prepared.sort_by_key(|s| s.starts_at);
                 let keep_from = self.prepared.len().saturating_sub(4);
@@ -149,6 +162,11 @@ impl Rotator {
     }
 
     fn create(&mut self, start: i64) -> Result<SaleInfo> {
+        if !self.migrated {
+            crate::store::migrate::migrate(&self.pool)?;
+            self.migrated = true;
+            tracing::info!("migrations applied");
+        }
         let mut client = self.pool.get()?;
         let row: SaleRow = ensure_sale(
             &mut client,
@@ -166,7 +184,39 @@ impl Rotator {
         })
     }
 
-    fn init_redis(&mut self, sale: &SaleInfo) -> Result<()> {
+    /// Records a prepared sale in the Redis index of sales.
+    fn index(&mut self, sale: &SaleInfo) -> Result<()> {
+        let entry = format!(
+            "{},{},{},{}",
+            sale.id, sale.ends_at, sale.items, sale.user_limit
+        );
+        let _: i64 = redis::cmd("HSET")
+            .arg(keys::SALE_INDEX)
+            .arg(sale.starts_at)
+            .arg(entry)
+            .query(self.redis()?)?;
+        Ok(())
+    }
+
+    /// The sale starting at `start` according to the Redis index, for when
+    /// Postgres cannot be asked.
+    fn indexed_sale(&mut self, start: i64) -> Result<Option<SaleInfo>> {
+        let entry: Option<String> = redis::cmd("HGET")
+            .arg(keys::SALE_INDEX)
+            .arg(start)
+            .query(self.redis()?)?;
+        let sale = entry.as_deref().and_then(|e| parse_index_entry(start, e));
+        if sale.is_some() && !self.using_index {
+            tracing::warn!(
+                starts_at = start,
+                "postgres unavailable; serving the sale from the redis index"
+            );
+        }
+        self.using_index = sale.is_some();
+        Ok(sale)
+    }
+
+    fn redis(&mut self) -> Result<&mut redis::Connection> {
         if self.redis.is_none() {
             let client = redis::Client::open(self.config.redis_url.as_str())?;
             let con = client.get_connection_with_timeout(self.config.redis_timeout)?;
@@ -174,12 +224,13 @@ impl Rotator {
             con.set_write_timeout(Some(self.config.redis_timeout))?;
             self.redis = Some(con);
         }
-        let Some(con) = self.redis.as_mut() else {
-            return Err(Error::new(
-                ErrorKind::RedisUnavailable,
-                "no redis connection",
-            ));
-        };
+        self.redis
+            .as_mut()
+            .ok_or_else(|| Error::new(ErrorKind::RedisUnavailable, "no redis connection"))
+    }
+
+    fn init_redis(&mut self, sale: &SaleInfo) -> Result<()> {
+        let con = self.redis()?;
         let exists: bool = redis::cmd("EXISTS").arg(keys::meta(sale.id)).query(con)?;
         if exists {
             return Ok(());
@@ -188,6 +239,14 @@ impl Rotator {
         // recorded, so that no item sells twice and no limit resets.
         let recorded = purchases_of(&mut *self.pool.get()?, sale.id)?;
         let restore = Restore::from_purchases(sale, &recorded);
+        let retention_ms = self.config.retention_ms;
+        self.redis()?;
+        let Some(con) = self.redis.as_mut() else {
+            return Err(Error::new(
+                ErrorKind::RedisUnavailable,
+                "no redis connection",
+            ));
+        };
         let created: i64 = self
             .init_sale
             .key(keys::meta(sale.id))
@@ -198,7 +257,7 @@ impl Rotator {
             .arg(sale.items)
             .arg(sale.user_limit)
             .arg(keys::user_prefix(sale.id))
-            .arg(sale.ends_at * 1000 + self.config.retention_ms)
+            .arg(sale.ends_at * 1000 + retention_ms)
             .arg(&restore.sold_items)
             .arg(&restore.user_counts)
             .invoke(con)?;
@@ -213,9 +272,40 @@ impl Rotator {
     }
 }
 
+/// Parses an index entry `id,ends_at,items,limit` for the sale at `start`.
+fn parse_index_entry(start: i64, entry: &str) -> Option<SaleInfo> {
+    let mut fields = entry.split(',').map(str::parse::<i64>);
+    let mut next = || fields.next().and_then(|f| f.ok());
+    let (id, ends_at, items, limit) = (next()?, next()?, next()?, next()?);
+    Some(SaleInfo {
+        id,
+        starts_at: start,
+        ends_at,
+        items: u32::try_from(items).ok()?,
+        user_limit: u32::try_from(limit).ok()?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_entries_round_trip() {
+        let sale = parse_index_entry(3600, "7,7200,10000,10").unwrap();
+        assert_eq!(
+            sale,
+            SaleInfo {
+                id: 7,
+                starts_at: 3600,
+                ends_at: 7200,
+                items: 10_000,
+                user_limit: 10
+            }
+        );
+        assert_eq!(parse_index_entry(0, "7,7200,10000"), None);
+        assert_eq!(parse_index_entry(0, "x,1,2,3"), None);
+    }
 
     #[test]
     fn restore_lists_items_and_counts_per_user() {

@@ -1392,3 +1392,57 @@ fn redis_data_loss_is_restored_from_postgres() {
     });
     rig.assert_consistent(sale.id);
 }
+
+/// A server restarted while Postgres is down still serves the sale it had
+/// prepared (from the rotator's Redis index of sales), and what it records
+/// meanwhile reaches Postgres once Postgres is back.
+#[test]
+fn restart_while_postgres_is_down_keeps_selling() {
+    let mut rig = Rig::start(ServerConfig::new(100, 10));
+    let sale = rig.server().active_sale();
+    let status = rig.server_mut().stop_with(SIGTERM, Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean stop before the outage: {status:?}"
+    );
+    rig.server = None;
+    rig.pg.stop();
+    rig.spawn_server();
+    let addr = rig.addr();
+    eventually(
+        Duration::from_secs(20),
+        "the server restarted without Postgres serves the sale",
+        || {
+            Conn::try_connect(addr)
+                .and_then(|mut c| c.try_request("GET", "/sales/active", &[], b""))
+                .is_ok_and(|r| r.status == 200 && r.i64("sale_id") == sale.id)
+        },
+    );
+    assert!(
+        health_is(addr, 503, "postgres", "down"),
+        "/health must say postgres is down"
+    );
+    let mut conn = rig.server().connect();
+    let r = conn.checkout(1, sale.item(1));
+    assert_eq!(r.status, 200, "{r}");
+    let code = r.str("code").to_string();
+    let r = conn.purchase(&code);
+    assert_eq!(r.status, 200, "{r}");
+
+    rig.pg.start_again();
+    let mut pg = rig.pg.client();
+    eventually(
+        Duration::from_secs(20),
+        "the purchase and the checkout made during the outage reach Postgres",
+        || {
+            let mut count = |sql: &str| {
+                pg.query_one(sql, &[&sale.id, &code])
+                    .map(|row| row.get::<_, i64>(0))
+                    .unwrap_or(0)
+            };
+            count("SELECT count(*) FROM purchases WHERE sale_id = $1 AND code = $2") == 1
+                && count("SELECT count(*) FROM checkouts WHERE sale_id = $1 AND code = $2") == 1
+        },
+    );
+    rig.assert_consistent(sale.id);
+}

@@ -20,6 +20,12 @@ pub fn user_prefix(sale_id: i64) -> String {
     format!("{{sale:{sale_id}}}:user:")
 }
 
+/// The rotator's index of prepared sales: a hash from a sale's start (Unix
+/// s) to `id,ends_at,items,limit`, so that a server starting while Postgres
+/// is down can still find the sale it should serve. Not a sale key (no hash
+/// tag): only the rotator uses it, never a script.
+pub const SALE_INDEX: &str = "flashsale:sales";
+
 /// Key of a code; `code` must have passed `sale::code::parse_code`.
 pub fn code(sale_id: i64, code: &str) -> String {
     format!("{{sale:{sale_id}}}:code:{code}")
