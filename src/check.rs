@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::redis_client::keys;
+use crate::redis_client::{blocking_connection, keys};
+use crate::sale::sold_map::sold_numbers;
 use crate::sale::split_item_id;
 use crate::store::outbox;
 
@@ -68,8 +69,8 @@ fn summary(sale_id: i64, s: &Snapshot) -> String {
 
 fn read(redis_url: &str, database_url: &str, sale_id: i64) -> Result<Snapshot> {
     let mut snapshot = Snapshot::default();
-    let mut redis =
-        redis::Client::open(redis_url)?.get_connection_with_timeout(Duration::from_secs(5))?;
+    let timeout = Duration::from_secs(5);
+    let mut redis = blocking_connection(&redis::Client::open(redis_url)?, timeout, timeout)?;
     let mut pg = postgres::Client::connect(database_url, postgres::NoTls)?;
 
     if let Some(row) = pg.query_opt(
@@ -98,13 +99,9 @@ fn read(redis_url: &str, database_url: &str, sale_id: i64) -> Result<Snapshot> {
     let bitmap: Option<Vec<u8>> = redis::cmd("GET")
         .arg(keys::sold(sale_id))
         .query(&mut redis)?;
-    for (byte_index, byte) in bitmap.unwrap_or_default().iter().enumerate() {
-        for bit in 0..8 {
-            if byte & (0x80 >> bit) != 0 {
-                snapshot.sold_bits.insert((byte_index * 8 + bit + 1) as u32);
-            }
-        }
-    }
+    snapshot
+        .sold_bits
+        .extend(sold_numbers(&bitmap.unwrap_or_default()));
     let mut cursor = 0u64;
     let pattern = format!("{}*", keys::user_prefix(sale_id));
     loop {

@@ -10,8 +10,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::redis_client::keys;
 use crate::redis_client::scripts::Scripts;
+use crate::redis_client::{blocking_connection, keys};
 use crate::sale::schedule::{Schedule, SharedSchedule};
 use crate::sale::{SaleInfo, now_ms, period_start};
 use crate::store::PgPool;
@@ -219,10 +219,8 @@ impl Rotator {
     fn redis(&mut self) -> Result<&mut redis::Connection> {
         if self.redis.is_none() {
             let client = redis::Client::open(self.config.redis_url.as_str())?;
-            let con = client.get_connection_with_timeout(self.config.redis_timeout)?;
-            con.set_read_timeout(Some(self.config.redis_timeout))?;
-            con.set_write_timeout(Some(self.config.redis_timeout))?;
-            self.redis = Some(con);
+            let timeout = self.config.redis_timeout;
+            self.redis = Some(blocking_connection(&client, timeout, timeout)?);
         }
         self.redis
             .as_mut()

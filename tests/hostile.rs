@@ -428,13 +428,13 @@ fn connections_past_the_per_core_bound_get_503_and_close() {
     let mut conns: Vec<Conn> = (0..OPENED).map(|_| s.connect()).collect();
     // Collect the 503s; accepted connections stay silent.
     let mut refused: BTreeMap<usize, Response> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while refused.len() < OPENED - MAX && Instant::now() < deadline {
+    // One look at every connection not yet refused, waiting `wait` on each.
+    let look = |conns: &mut [Conn], refused: &mut BTreeMap<usize, Response>, wait: Duration| {
         for (i, c) in conns.iter_mut().enumerate() {
             if refused.contains_key(&i) {
                 continue;
             }
-            c.set_read_timeout(Duration::from_millis(20));
+            c.set_read_timeout(wait);
             match c.read_response() {
                 Ok(r) => {
                     refused.insert(i, r);
@@ -447,25 +447,13 @@ fn connections_past_the_per_core_bound_get_503_and_close() {
                 Err(e) => panic!("connection {i}: {e}"),
             }
         }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused.len() < OPENED - MAX && Instant::now() < deadline {
+        look(&mut conns, &mut refused, Duration::from_millis(20));
     }
     // One more look at the rest, for a refusal still on its way.
-    for (i, c) in conns.iter_mut().enumerate() {
-        if refused.contains_key(&i) {
-            continue;
-        }
-        c.set_read_timeout(Duration::from_millis(100));
-        match c.read_response() {
-            Ok(r) => {
-                refused.insert(i, r);
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("connection {i}: {e}"),
-        }
-    }
+    look(&mut conns, &mut refused, Duration::from_millis(100));
     assert!(
         refused.len() >= OPENED - MAX,
         "{} of {OPENED} connections were refused with a bound of {MAX}: {refused:?}",

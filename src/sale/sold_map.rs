@@ -59,20 +59,26 @@ impl SoldMap {
         self.items > 0 && self.sold >= self.items
     }
 
-    /// Merges a Redis bitmap (`SETBIT key n-1`: bit 0 is the high bit of byte 0).
+    /// Merges a Redis bitmap (see `sold_numbers`).
     pub fn merge_redis_bitmap(&mut self, bytes: &[u8]) {
-        for (byte_index, &byte) in bytes.iter().enumerate() {
-            if byte == 0 {
-                continue;
-            }
-            for bit in 0..8 {
-                if byte & (0x80 >> bit) != 0 {
-                    let n = byte_index * 8 + bit + 1;
-                    self.mark_sold(u32::try_from(n).unwrap_or(u32::MAX));
-                }
-            }
+        for n in sold_numbers(bytes) {
+            self.mark_sold(n);
         }
     }
+}
+
+/// The item numbers whose bit is set in a sale's Redis bitmap (`SETBIT key
+/// n-1`: bit 0 is the high bit of byte 0), in increasing order.
+pub fn sold_numbers(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, byte)| **byte != 0)
+        .flat_map(|(byte_index, &byte)| {
+            (0..8)
+                .filter(move |bit| byte & (0x80 >> bit) != 0)
+                .map(move |bit| u32::try_from(byte_index * 8 + bit + 1).unwrap_or(u32::MAX))
+        })
 }
 
 #[cfg(test)]
@@ -116,6 +122,12 @@ mod tests {
         assert!(map.is_sold(5));
         map.track(&sale(2, 10));
         assert!(!map.is_sold(5));
+    }
+
+    #[test]
+    fn decodes_redis_bit_order() {
+        let numbers: Vec<u32> = sold_numbers(&[0x80, 0x00, 0x41]).collect();
+        assert_eq!(numbers, vec![1, 18, 24]);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::batch::{insert_checkouts, insert_purchases, is_data_error, write_bise
 use super::outbox::{self, OutboxEntry};
 use super::sales::{self, SaleRow};
 use super::{CheckoutRecord, PgPool, PostgresHealth, Record};
+use crate::redis_client::blocking_connection;
 
 /// The writer's knobs.
 #[derive(Debug, Clone)]
@@ -537,11 +538,7 @@ impl Writer {
                     self.redis_client.insert(client)
                 }
             };
-            let con = client
-                .get_connection_with_timeout(REDIS_CONNECT_TIMEOUT)
-                .map_err(|e| DrainError::Redis(e.into()))?;
-            con.set_read_timeout(Some(REDIS_IO_TIMEOUT))
-                .and_then(|()| con.set_write_timeout(Some(REDIS_IO_TIMEOUT)))
+            let con = blocking_connection(client, REDIS_CONNECT_TIMEOUT, REDIS_IO_TIMEOUT)
                 .map_err(|e| DrainError::Redis(e.into()))?;
             if self.redis_backoff.reset() > 0 {
                 tracing::info!("Redis is back; draining outboxes again");
