@@ -1,4 +1,7 @@
--- checkout.lua: add an item to a user's open checkout, atomically.
+-- checkout.lua: add items to users' open checkouts, atomically, for a batch
+-- of checkout calls of one sale (a core sends the calls that queued while its
+-- earlier batches were on their way; a batch of one is the idle case). Each
+-- call is decided in order, exactly as if it ran alone.
 --
 -- Key layout of sale S (every key shares the hash tag {sale:S}, so a sale
 -- lives in one Redis Cluster slot):
@@ -7,59 +10,85 @@
 --   {sale:S}:user:U      hash   bought (count), code (open code), items (csv of item ids)
 --   {sale:S}:code:C      hash   user; after purchase: status, purchased, unavailable
 --   {sale:S}:outbox      stream one entry per sold item, drained into Postgres
+-- User and code keys expire at the sale's end plus the retention; the expiry
+-- is set once, when the key is created.
 --
--- KEYS[1] meta  KEYS[2] sold  KEYS[3] user  KEYS[4] code key of ARGV[4]
--- ARGV[1] user id  ARGV[2] item number (1-based)  ARGV[3] item id
--- ARGV[4] fresh code (used only when the user has no open checkout)
--- ARGV[5] now (Unix ms)  ARGV[6] expire-at for user and code keys (Unix ms)
+-- KEYS[1] meta  KEYS[2] sold
+--   then per call i = 1..N: KEYS[1+2i] the user's key, KEYS[2+2i] the code key
+--   of the call's fresh code
+-- ARGV[1] now (Unix ms)  ARGV[2] expire-at for new user and code keys (Unix ms)
+--   then per call i, from ARGV[3+4(i-1)]: user id, item number (1-based),
+--   item id, fresh code (used only when the user has no open checkout)
 --
--- Returns {outcome, code, items_csv}; outcome is one of
+-- Returns one reply per call, in order: {outcome, code, items_csv}, outcome:
 --   ok       the item is in the checkout (added now or before)
 --   sold     the item is sold
 --   limit    bought + items in the checkout would pass the limit
---   closed   the sale is not open at ARGV[5]
+--   closed   the sale is not open at ARGV[1]
 --   no_sale  the sale does not exist in Redis
 
+local calls = (#KEYS - 2) / 2
+local replies = {}
+
 local meta = redis.call('HMGET', KEYS[1], 'starts_at', 'ends_at', 'limit')
+local now = tonumber(ARGV[1])
+local refusal
 if not meta[1] then
-  return {'no_sale', '', ''}
+  refusal = {'no_sale', '', ''}
+elseif now < tonumber(meta[1]) * 1000 or now >= tonumber(meta[2]) * 1000 then
+  refusal = {'closed', '', ''}
 end
-local now = tonumber(ARGV[5])
-if now < tonumber(meta[1]) * 1000 or now >= tonumber(meta[2]) * 1000 then
-  return {'closed', '', ''}
-end
-if redis.call('GETBIT', KEYS[2], tonumber(ARGV[2]) - 1) == 1 then
-  return {'sold', '', ''}
-end
-
-local user = redis.call('HMGET', KEYS[3], 'bought', 'code', 'items')
-local bought = tonumber(user[1]) or 0
-local code = user[2]
-local items = user[3] or ''
-local item = ARGV[3]
-
-local count = 0
-for id in string.gmatch(items, '[^,]+') do
-  count = count + 1
-  if id == item then
-    return {'ok', code, items}
+if refusal then
+  for i = 1, calls do
+    replies[i] = refusal
   end
+  return replies
 end
 
-if bought + count + 1 > tonumber(meta[3]) then
-  return {'limit', code or '', items}
+local limit = tonumber(meta[3])
+local expire_at = ARGV[2]
+local SOLD = {'sold', '', ''}
+
+local function checkout(user_key, code_key, a)
+  if redis.call('GETBIT', KEYS[2], tonumber(ARGV[a + 1]) - 1) == 1 then
+    return SOLD
+  end
+  local user = redis.call('HMGET', user_key, 'bought', 'code', 'items')
+  local bought = tonumber(user[1]) or 0
+  local code = user[2]
+  local items = user[3] or ''
+  local item = ARGV[a + 2]
+
+  local count = 0
+  for id in string.gmatch(items, '[^,]+') do
+    count = count + 1
+    if id == item then
+      return {'ok', code, items}
+    end
+  end
+  if bought + count + 1 > limit then
+    return {'limit', code or '', items}
+  end
+
+  if not code then
+    code = ARGV[a + 3]
+    redis.call('HSET', code_key, 'user', ARGV[a])
+    redis.call('PEXPIREAT', code_key, expire_at)
+  end
+  if items == '' then
+    items = item
+  else
+    items = items .. ',' .. item
+  end
+  redis.call('HSET', user_key, 'code', code, 'items', items)
+  if not user[1] and not user[2] then
+    -- a new user key (a hash with none of its fields does not exist)
+    redis.call('PEXPIREAT', user_key, expire_at)
+  end
+  return {'ok', code, items}
 end
 
-if not code then
-  code = ARGV[4]
-  redis.call('HSET', KEYS[4], 'user', ARGV[1])
-  redis.call('PEXPIREAT', KEYS[4], ARGV[6])
+for i = 1, calls do
+  replies[i] = checkout(KEYS[1 + 2 * i], KEYS[2 + 2 * i], 3 + 4 * (i - 1))
 end
-if items == '' then
-  items = item
-else
-  items = items .. ',' .. item
-end
-redis.call('HSET', KEYS[3], 'code', code, 'items', items)
-redis.call('PEXPIREAT', KEYS[3], ARGV[6])
-return {'ok', code, items}
+return replies

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::redis_client::batch::BatchLimits;
+
 /// Most items a sale may have: item ids are `sale_id * ITEM_ID_STRIDE + n`.
 pub const MAX_SALE_ITEMS: u32 = 1_000_000;
 
@@ -91,6 +93,25 @@ pub struct Config {
         default_value_t = 500
     )]
     pub redis_timeout_ms: u64,
+
+    /// Most checkout (or purchase) calls a core sends to Redis in one script run.
+    /// Calls that arrive while earlier runs are in flight go out together.
+    #[arg(
+        long = "redis-batch",
+        env = "FLASHSALE_REDIS_BATCH",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..=1024)
+    )]
+    pub redis_batch: u32,
+
+    /// Script runs of one kind (checkout, purchase) a core keeps in flight to Redis.
+    #[arg(
+        long = "redis-batches-in-flight",
+        env = "FLASHSALE_REDIS_BATCHES_IN_FLIGHT",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(1..=64)
+    )]
+    pub redis_batches_in_flight: u32,
 
     /// Capacity of the channel from the cores to the Postgres writer; full → 503.
     #[arg(
@@ -214,6 +235,15 @@ impl Config {
 
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms.max(1))
+    }
+
+    /// How a core groups its script calls into batches.
+    pub fn redis_batching(&self) -> BatchLimits {
+        BatchLimits {
+            max_calls: self.redis_batch as usize,
+            max_in_flight: self.redis_batches_in_flight as usize,
+            timeout: self.redis_timeout(),
+        }
     }
 
     pub fn idle_timeout(&self) -> Duration {

@@ -65,6 +65,16 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
+
+    /// The same error for one more party (every call of a failed batch):
+    /// kind and context kept, the cause carried as its text.
+    pub fn shared(&self) -> Error {
+        Error {
+            kind: self.kind,
+            context: self.context,
+            cause: self.cause.as_ref().map(|c| c.to_string().into()),
+        }
+    }
 }
 
 impl fmt::Display for Error {

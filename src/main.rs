@@ -112,6 +112,7 @@ fn serve(config: Config) -> Result<()> {
             listen: config.listen,
             redis,
             redis_timeout: config.redis_timeout(),
+            redis_batching: config.redis_batching(),
             scripts,
             schedule,
             records,

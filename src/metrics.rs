@@ -56,6 +56,12 @@ const LATENCY_BOUNDS_US: [u64; 16] = [
     250_000, 1_000_000,
 ];
 
+/// Scripts whose calls are sent in batches (see `redis_client::batch`).
+pub const BATCHED_SCRIPTS: [&str; 2] = ["checkout", "purchase"];
+
+/// Upper bounds of the Redis batch-size buckets, in calls.
+const BATCH_CALL_BOUNDS: [u64; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+
 /// Upper bounds of the writer batch-size buckets, in rows.
 const BATCH_ROW_BOUNDS: [u64; 10] = [1, 10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
 
@@ -98,6 +104,14 @@ impl<const N: usize> Histogram<N> {
     }
 }
 
+impl crate::redis_client::batch::BatchObserver for CoreMetrics {
+    fn batch_sent(&self, script: &'static str, calls: usize) {
+        if let Some(i) = BATCHED_SCRIPTS.iter().position(|&s| s == script) {
+            self.redis_batch_calls[i].observe(calls as u64);
+        }
+    }
+}
+
 /// What one core counts. Only that core writes it.
 pub struct CoreMetrics {
     requests: [[AtomicU64; STATUS_SLOTS]; Route::ALL.len()],
@@ -111,6 +125,7 @@ pub struct CoreMetrics {
     connections_open: AtomicU64,
     connections_total: AtomicU64,
     connections_refused: AtomicU64,
+    redis_batch_calls: [Histogram<8>; BATCHED_SCRIPTS.len()],
 }
 
 impl CoreMetrics {
@@ -127,6 +142,7 @@ impl CoreMetrics {
             connections_open: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
+            redis_batch_calls: [const { Histogram::new(&BATCH_CALL_BOUNDS) }; BATCHED_SCRIPTS.len()],
         }
     }
 
@@ -300,6 +316,28 @@ impl Registry {
                 overflow,
                 total_us,
                 1e6,
+            );
+        }
+
+        out.push_str(
+            "# HELP flashsale_redis_batch_calls Calls carried by one batched script run (one EVALSHA), by script.\n",
+        );
+        out.push_str("# TYPE flashsale_redis_batch_calls histogram\n");
+        for (i, script) in BATCHED_SCRIPTS.iter().enumerate() {
+            let mut counts = [0u64; 8];
+            let (mut overflow, mut total) = (0, 0);
+            for c in &cores {
+                c.redis_batch_calls[i].add_into(&mut counts, &mut overflow, &mut total);
+            }
+            write_histogram(
+                &mut out,
+                "flashsale_redis_batch_calls",
+                &format!("script=\"{script}\","),
+                &BATCH_CALL_BOUNDS,
+                &counts,
+                overflow,
+                total,
+                1.0,
             );
         }
 

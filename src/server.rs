@@ -18,6 +18,7 @@ use crate::api::{Api, ApiDeps, keep_sold_map_fresh};
 use crate::event::Event;
 use crate::http::Limits;
 use crate::metrics::registry;
+use crate::redis_client::batch::BatchLimits;
 use crate::redis_client::scripts::Scripts;
 use crate::redis_client::{RedisClient, RedisTarget};
 use crate::sale::schedule::SharedSchedule;
@@ -34,6 +35,7 @@ pub struct CoreSetup {
     pub listen: SocketAddr,
     pub redis: RedisTarget,
     pub redis_timeout: Duration,
+    pub redis_batching: BatchLimits,
     pub scripts: Arc<Scripts>,
     pub schedule: Arc<SharedSchedule>,
     pub records: RecordSender,
@@ -148,6 +150,7 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
         metrics: metrics.clone(),
         retention_ms: setup.retention_ms,
         max_in_flight: setup.max_in_flight,
+        redis_batching: setup.redis_batching,
     }));
     let shutdown = Event::new();
     monoio::spawn(watch_shutdown(setup.shutdown.clone(), shutdown.clone()));

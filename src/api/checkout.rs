@@ -1,14 +1,62 @@
 //! POST /checkout: validate, answer locally what the core already knows
-//! (no sale, not an item of it, known sold), else run checkout.lua; record
-//! every well-formed attempt for the writer.
+//! (no sale, not an item of it, known sold), else run checkout.lua (in the
+//! core's next batch of checkouts); record every well-formed attempt for the
+//! writer.
 
 use super::json::{self, CheckoutBody};
 use super::params::Query;
 use super::{Answer, Api, ITEM_NOT_FOUND, NO_ACTIVE_SALE, Reject, WRITER_QUEUE_FULL};
 use crate::http::ResponseHead;
+use crate::redis_client::batch::BatchCall;
+use crate::redis_client::scripts::{Script, Scripts};
 use crate::redis_client::{keys, texts};
 use crate::sale::code::new_code;
 use crate::sale::{CheckoutOutcome, SaleInfo, now_ms};
+
+/// One checkout for checkout.lua; the layout of KEYS and ARGV is at the top
+/// of the script.
+pub(super) struct CheckoutCall {
+    sale_id: i64,
+    expire_at_ms: i64,
+    user_id: i64,
+    item_number: u32,
+    item_id: i64,
+    fresh_code: String,
+}
+
+impl BatchCall for CheckoutCall {
+    const KEYS_PER_CALL: usize = 2;
+    const SHARED_KEYS: usize = 2;
+
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.checkout
+    }
+
+    fn group(&self) -> i64 {
+        self.sale_id
+    }
+
+    fn shared_keys(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(keys::meta(self.sale_id))
+            .arg(keys::sold(self.sale_id));
+    }
+
+    fn shared_args(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(now_ms()).arg(self.expire_at_ms);
+    }
+
+    fn keys(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(keys::user(self.sale_id, self.user_id))
+            .arg(keys::code(self.sale_id, &self.fresh_code));
+    }
+
+    fn args(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(self.user_id)
+            .arg(self.item_number)
+            .arg(self.item_id)
+            .arg(&self.fresh_code);
+    }
+}
 use crate::store::{CheckoutRecord, Record};
 
 const ITEM_SOLD: Reject = Reject::new(409, "item_sold", "the item is already sold");
@@ -61,22 +109,14 @@ impl Api {
 
         let reply = {
             let _slot = self.begin_redis_work()?;
-            let code = new_code(sale.id);
-            let expire_at = sale.ends_at * 1000 + self.deps.retention_ms;
-            let scripts = self.deps.redis.scripts();
-            self.deps
-                .redis
-                .eval(&scripts.checkout, 4, |cmd| {
-                    cmd.arg(keys::meta(sale.id))
-                        .arg(keys::sold(sale.id))
-                        .arg(keys::user(sale.id, user_id))
-                        .arg(keys::code(sale.id, &code))
-                        .arg(user_id)
-                        .arg(n)
-                        .arg(item_id)
-                        .arg(&code)
-                        .arg(now)
-                        .arg(expire_at);
+            self.checkouts
+                .call(CheckoutCall {
+                    sale_id: sale.id,
+                    expire_at_ms: sale.ends_at * 1000 + self.deps.retention_ms,
+                    user_id,
+                    item_number: n,
+                    item_id,
+                    fresh_code: new_code(sale.id),
                 })
                 .await
                 .map_err(|e| self.redis_failed(e))?

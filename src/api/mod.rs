@@ -20,6 +20,7 @@ use crate::http::request::ParseError;
 use crate::http::response::{ResponseHead, error_body};
 use crate::http::{Handler, Method, RequestHead};
 use crate::metrics::{CoreMetrics, Route};
+use crate::redis_client::batch::{BatchLimits, Batcher};
 use crate::redis_client::{RedisClient, keys, server_reply};
 use crate::sale::SaleInfo;
 use crate::sale::schedule::{ScheduleView, SharedSchedule};
@@ -39,6 +40,7 @@ pub struct ApiDeps {
     /// How long Redis keeps a sale's users and codes after it ends (ms).
     pub retention_ms: i64,
     pub max_in_flight: usize,
+    pub redis_batching: BatchLimits,
 }
 
 /// The API of one core.
@@ -47,6 +49,8 @@ pub struct Api {
     schedule: RefCell<ScheduleView>,
     sold: RefCell<SoldMap>,
     in_flight: Cell<usize>,
+    checkouts: Batcher<checkout::CheckoutCall>,
+    purchases: Batcher<purchase::PurchaseCall>,
 }
 
 /// An error answer: status, stable code, human message.
@@ -107,13 +111,17 @@ impl From<Error> for Reject {
 type Answer = Result<ResponseHead, Reject>;
 
 impl Api {
+    /// Creates a core's API and starts its script batchers on the current runtime.
     pub fn new(deps: ApiDeps) -> Self {
         let schedule = RefCell::new(deps.schedule.view());
+        let observer = deps.metrics.clone();
         Api {
-            deps,
+            checkouts: Batcher::start(deps.redis.clone(), deps.redis_batching, observer.clone()),
+            purchases: Batcher::start(deps.redis.clone(), deps.redis_batching, observer),
             schedule,
             sold: RefCell::new(SoldMap::default()),
             in_flight: Cell::new(0),
+            deps,
         }
     }
 

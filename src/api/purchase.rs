@@ -1,14 +1,58 @@
-//! POST /purchase: run purchase.lua for the code's sale and answer its
-//! outcome (first run or replay). The script itself appends each sale to the
-//! sale's outbox stream, so nothing here talks to the writer.
+//! POST /purchase: run purchase.lua for the code's sale (in the core's next
+//! batch of purchases) and answer its outcome (first run or replay). The
+//! script itself appends each sale to the sale's outbox stream, so nothing
+//! here talks to the writer.
 
 use super::json::{self, PurchaseBody};
 use super::params::Query;
 use super::{Answer, Api, Reject};
 use crate::http::ResponseHead;
+use crate::redis_client::batch::BatchCall;
+use crate::redis_client::scripts::{Script, Scripts};
 use crate::redis_client::{keys, texts};
 use crate::sale::code::parse_code;
 use crate::sale::{ITEM_ID_STRIDE, now_ms};
+
+/// One purchase for purchase.lua; the layout of KEYS and ARGV is at the top
+/// of the script.
+pub(super) struct PurchaseCall {
+    sale_id: i64,
+    /// `sale_id * ITEM_ID_STRIDE`: item number n is item id `first_item + n`.
+    first_item: i64,
+    code_key: String,
+}
+
+impl BatchCall for PurchaseCall {
+    const KEYS_PER_CALL: usize = 1;
+    const SHARED_KEYS: usize = 3;
+
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.purchase
+    }
+
+    fn group(&self) -> i64 {
+        self.sale_id
+    }
+
+    fn shared_keys(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(keys::meta(self.sale_id))
+            .arg(keys::sold(self.sale_id))
+            .arg(keys::outbox(self.sale_id));
+    }
+
+    fn shared_args(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(now_ms())
+            .arg(keys::user_prefix(self.sale_id))
+            .arg(self.first_item)
+            .arg(keys::code_prefix(self.sale_id));
+    }
+
+    fn keys(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(&self.code_key);
+    }
+
+    fn args(&self, _cmd: &mut redis::Cmd) {}
+}
 
 const UNKNOWN_CODE: Reject = Reject::new(404, "unknown_code", "no checkout has this code");
 const SALE_ENDED: Reject = Reject::new(410, "sale_ended", "the sale of this code is over");
@@ -22,23 +66,15 @@ impl Api {
             "invalid_params",
             "code is not a checkout code",
         ))?;
-        let now = now_ms();
         let first_item = sale_id.checked_mul(ITEM_ID_STRIDE).ok_or(UNKNOWN_CODE)?;
 
         let reply = {
             let _slot = self.begin_redis_work()?;
-            let scripts = self.deps.redis.scripts();
-            self.deps
-                .redis
-                .eval(&scripts.purchase, 4, |cmd| {
-                    cmd.arg(keys::meta(sale_id))
-                        .arg(keys::sold(sale_id))
-                        .arg(keys::code(sale_id, code))
-                        .arg(keys::outbox(sale_id))
-                        .arg(now)
-                        .arg(keys::user_prefix(sale_id))
-                        .arg(code)
-                        .arg(first_item);
+            self.purchases
+                .call(PurchaseCall {
+                    sale_id,
+                    first_item,
+                    code_key: keys::code(sale_id, code),
                 })
                 .await
                 .map_err(|e| self.redis_failed(e))?

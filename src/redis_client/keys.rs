@@ -31,6 +31,11 @@ pub fn code(sale_id: i64, code: &str) -> String {
     format!("{{sale:{sale_id}}}:code:{code}")
 }
 
+/// Prefix of code keys, for scripts that read the code from its key.
+pub fn code_prefix(sale_id: i64) -> String {
+    format!("{{sale:{sale_id}}}:code:")
+}
+
 pub fn outbox(sale_id: i64) -> String {
     format!("{{sale:{sale_id}}}:outbox")
 }
@@ -51,5 +56,6 @@ mod tests {
             assert!(key.starts_with("{sale:5}:"), "{key}");
         }
         assert_eq!(user(5, 9), format!("{}9", user_prefix(5)));
+        assert_eq!(code(5, "5-ab"), format!("{}5-ab", code_prefix(5)));
     }
 }

@@ -4,6 +4,7 @@
 //! down, calls fail at once (circuit breaker) and a background task reconnects
 //! with exponential backoff; NOSCRIPT is answered by resending the script.
 
+pub mod batch;
 pub mod conn;
 pub mod keys;
 pub mod resp;

@@ -1,0 +1,212 @@
+//! Script batching: calls of one script that a core's tasks make while
+//! earlier batches are on their way to Redis go out together as one
+//! EVALSHA, so Redis pays its per-command cost (parsing, script lookup,
+//! the Lua call, the reply) once per batch instead of once per request.
+//!
+//! Nothing waits for a batch to fill: a call goes out at once when fewer
+//! than `max_in_flight` batches are in flight, so an idle server sends
+//! batches of one. Under load, calls queue behind the batches in flight and
+//! leave together with the next one. The script sees the calls in order and
+//! decides each as if it had run alone: the batch is only a transport.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use local_sync::oneshot;
+use redis::{Cmd, Value};
+
+use super::RedisClient;
+use super::scripts::{Script, Scripts};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
+
+/// One call of a batched script. The script's KEYS are the shared keys then
+/// each call's keys; its ARGV the shared arguments then each call's
+/// arguments; it answers an array with one reply per call, in order.
+pub trait BatchCall: 'static {
+    /// Keys each call adds.
+    const KEYS_PER_CALL: usize;
+    /// Keys the batch shares (written once, by `shared_keys`).
+    const SHARED_KEYS: usize;
+
+    fn script(scripts: &Scripts) -> &Script;
+    /// Calls share a batch only within one group (one sale: one hash slot,
+    /// and the shared keys and arguments are the sale's).
+    fn group(&self) -> i64;
+    /// The shared keys, taken from the batch's first call.
+    fn shared_keys(&self, cmd: &mut Cmd);
+    /// The shared arguments, taken from the batch's first call.
+    fn shared_args(&self, cmd: &mut Cmd);
+    fn keys(&self, cmd: &mut Cmd);
+    fn args(&self, cmd: &mut Cmd);
+}
+
+/// Batch sizes seen, for metrics: batches sent and calls they carried.
+pub trait BatchObserver {
+    fn batch_sent(&self, script: &'static str, calls: usize);
+}
+
+/// A core's batcher for one script; clones share the queue.
+pub struct Batcher<C: BatchCall> {
+    inner: Rc<Inner<C>>,
+}
+
+impl<C: BatchCall> Clone for Batcher<C> {
+    fn clone(&self) -> Self {
+        Batcher {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<C> {
+    redis: RedisClient,
+    observer: Arc<dyn BatchObserver>,
+    queue: RefCell<VecDeque<(C, oneshot::Sender<Result<Value>>)>>,
+    queued: Event,
+    in_flight: Cell<usize>,
+    batch_done: Event,
+    limits: BatchLimits,
+}
+
+/// How calls are grouped.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Most calls in one batch.
+    pub max_calls: usize,
+    /// Most batches of this script in flight per core; a call waits only
+    /// when this many are on their way.
+    pub max_in_flight: usize,
+    /// How long a call waits in all (queue and Redis) before it fails.
+    pub timeout: Duration,
+}
+
+impl<C: BatchCall> Batcher<C> {
+    /// Creates the batcher and starts its sending task on the current runtime.
+    pub fn start(redis: RedisClient, limits: BatchLimits, observer: Arc<dyn BatchObserver>) -> Self {
+        let inner = Rc::new(Inner {
+            redis,
+            observer,
+            queue: RefCell::new(VecDeque::new()),
+            queued: Event::new(),
+            in_flight: Cell::new(0),
+            batch_done: Event::new(),
+            limits: BatchLimits {
+                max_calls: limits.max_calls.max(1),
+                max_in_flight: limits.max_in_flight.max(1),
+                ..limits
+            },
+        });
+        monoio::spawn(send_batches(inner.clone()));
+        Batcher { inner }
+    }
+
+    /// Runs one call in the next batch and returns its reply.
+    pub async fn call(&self, call: C) -> Result<Value> {
+        if !self.inner.redis.is_connected() {
+            return Err(Error::new(ErrorKind::RedisUnavailable, "redis is down"));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inner.queue.borrow_mut().push_back((call, tx));
+        self.inner.queued.set();
+        match monoio::time::timeout(self.inner.limits.timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(Error::new(ErrorKind::Internal, "batch dropped")),
+            Err(_) => Err(Error::new(
+                ErrorKind::RedisUnavailable,
+                "redis call timed out",
+            )),
+        }
+    }
+}
+
+/// Sends the queue's calls in batches, at most `max_in_flight` at a time.
+async fn send_batches<C: BatchCall>(inner: Rc<Inner<C>>) {
+    loop {
+        while inner.queue.borrow().is_empty() {
+            inner.queued.reset();
+            inner.queued.wait().await;
+        }
+        while inner.in_flight.get() >= inner.limits.max_in_flight {
+            inner.batch_done.reset();
+            inner.batch_done.wait().await;
+        }
+        let batch = take_batch(&inner);
+        if batch.is_empty() {
+            continue;
+        }
+        inner.in_flight.set(inner.in_flight.get() + 1);
+        monoio::spawn(run_batch(inner.clone(), batch));
+    }
+}
+
+/// The longest run at the queue's front of calls of one group whose callers
+/// still wait (a caller that gave up is dropped here, not run).
+fn take_batch<C: BatchCall>(inner: &Inner<C>) -> Vec<(C, oneshot::Sender<Result<Value>>)> {
+    let mut queue = inner.queue.borrow_mut();
+    let mut batch = Vec::with_capacity(queue.len().min(inner.limits.max_calls));
+    while batch.len() < inner.limits.max_calls {
+        let Some((call, _)) = queue.front() else {
+            break;
+        };
+        if let Some((first, _)) = batch.first()
+            && call.group() != C::group(first)
+        {
+            break;
+        }
+        let (call, tx) = queue.pop_front().expect("front exists");
+        if !tx.is_closed() {
+            batch.push((call, tx));
+        }
+    }
+    batch
+}
+
+async fn run_batch<C: BatchCall>(
+    inner: Rc<Inner<C>>,
+    batch: Vec<(C, oneshot::Sender<Result<Value>>)>,
+) {
+    let script = C::script(inner.redis.scripts());
+    inner.observer.batch_sent(script.name, batch.len());
+    let keys = C::SHARED_KEYS + C::KEYS_PER_CALL * batch.len();
+    let result = inner
+        .redis
+        .eval(script, keys, |cmd| {
+            let first = &batch[0].0;
+            first.shared_keys(cmd);
+            for (call, _) in &batch {
+                call.keys(cmd);
+            }
+            first.shared_args(cmd);
+            for (call, _) in &batch {
+                call.args(cmd);
+            }
+        })
+        .await;
+    match result {
+        Ok(Value::Array(replies)) if replies.len() == batch.len() => {
+            for ((_, tx), reply) in batch.into_iter().zip(replies) {
+                let _ = tx.send(Ok(reply));
+            }
+        }
+        Ok(_) => {
+            tracing::error!(script = script.name, "batched script answered the wrong shape");
+            for (_, tx) in batch {
+                let _ = tx.send(Err(Error::new(
+                    ErrorKind::RedisProtocol,
+                    "unexpected batch reply",
+                )));
+            }
+        }
+        Err(e) => {
+            for (_, tx) in batch {
+                let _ = tx.send(Err(e.shared()));
+            }
+        }
+    }
+    inner.in_flight.set(inner.in_flight.get() - 1);
+    inner.batch_done.set();
+}
