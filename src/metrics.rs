@@ -142,7 +142,8 @@ impl CoreMetrics {
             connections_open: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
-            redis_batch_calls: [const { Histogram::new(&BATCH_CALL_BOUNDS) }; BATCHED_SCRIPTS.len()],
+            redis_batch_calls: [const { Histogram::new(&BATCH_CALL_BOUNDS) };
+                BATCHED_SCRIPTS.len()],
         }
     }
 

@@ -86,7 +86,11 @@ pub struct BatchLimits {
 
 impl<C: BatchCall> Batcher<C> {
     /// Creates the batcher and starts its sending task on the current runtime.
-    pub fn start(redis: RedisClient, limits: BatchLimits, observer: Arc<dyn BatchObserver>) -> Self {
+    pub fn start(
+        redis: RedisClient,
+        limits: BatchLimits,
+        observer: Arc<dyn BatchObserver>,
+    ) -> Self {
         let inner = Rc::new(Inner {
             redis,
             observer,
@@ -193,7 +197,10 @@ async fn run_batch<C: BatchCall>(
             }
         }
         Ok(_) => {
-            tracing::error!(script = script.name, "batched script answered the wrong shape");
+            tracing::error!(
+                script = script.name,
+                "batched script answered the wrong shape"
+            );
             for (_, tx) in batch {
                 let _ = tx.send(Err(Error::new(
                     ErrorKind::RedisProtocol,

@@ -16,7 +16,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::{self, Table};
 
-use super::batch::{insert_checkouts, insert_purchases, is_data_error, write_bisecting};
+use super::batch::{
+    KnownUsers, insert_checkouts, insert_purchases, is_data_error, write_bisecting,
+};
 use super::outbox::{self, OutboxEntry};
 use super::sales::{self, SaleRow};
 use super::{CheckoutRecord, PgPool, PostgresHealth, Record};
@@ -37,6 +39,8 @@ pub struct WriterConfig {
 /// that it stops pulling from the channel, which fills, and the cores shed
 /// with 503.
 const HELD_BATCHES: usize = 4;
+/// User ids the writer remembers as committed (about 16 MB at most).
+const KNOWN_USERS: usize = 1 << 20;
 /// How often the outboxes are read.
 const OUTBOX_INTERVAL: Duration = Duration::from_millis(10);
 /// Entries per XRANGE (and so per purchases transaction).
@@ -197,6 +201,8 @@ struct Writer {
     oldest: Option<Instant>,
     /// Every sender is gone.
     closed: bool,
+    /// Users committed by this writer, left out of later batches.
+    known_users: KnownUsers,
 
     pg: Backoff,
     last_pg_contact: Instant,
@@ -240,6 +246,7 @@ impl Writer {
             pending: VecDeque::new(),
             oldest: None,
             closed: false,
+            known_users: KnownUsers::new(KNOWN_USERS),
             pg: Backoff::default(),
             // Probe at once: health starts down until Postgres answers.
             last_pg_contact: now.checked_sub(PROBE_IDLE).unwrap_or(now),
@@ -397,12 +404,13 @@ impl Writer {
                 }
             };
             let batch = &self.pending.make_contiguous()[..n];
+            let known_users = &mut self.known_users;
             let mut users = 0u64;
             let mut rows = 0u64;
             let outcome = write_bisecting(
                 batch,
                 |part| {
-                    let (u, r) = insert_checkouts(&mut client, part)?;
+                    let (u, r) = insert_checkouts(&mut client, part, known_users)?;
                     users += u;
                     rows += r;
                     Ok(())
@@ -647,7 +655,7 @@ impl Writer {
         let outcome = write_bisecting(
             entries,
             |part| {
-                let (u, r) = insert_purchases(&mut client, part)?;
+                let (u, r) = insert_purchases(&mut client, part, &mut self.known_users)?;
                 users += u;
                 rows += r;
                 Ok(())
