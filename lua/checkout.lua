@@ -14,11 +14,16 @@
 -- is set once, when the key is created.
 --
 -- KEYS[1] meta  KEYS[2] sold
---   then per call i = 1..N: KEYS[1+2i] the user's key, KEYS[2+2i] the code key
---   of the call's fresh code
+--   then per call i = 1..N: KEYS[1+2i] the user's key ARGV[4] .. user id,
+--   KEYS[2+2i] the code key ARGV[5] .. code of a fresh code (used only when
+--   the user has no open checkout)
 -- ARGV[1] now (Unix ms)  ARGV[2] expire-at for new user and code keys (Unix ms)
---   then per call i, from ARGV[3+4(i-1)]: user id, item number (1-based),
---   item id, fresh code (used only when the user has no open checkout)
+-- ARGV[3] first item id of the sale minus one (S * stride)
+-- ARGV[4] user key prefix ({sale:S}:user:)  ARGV[5] code key prefix ({sale:S}:code:)
+--   then per call i: ARGV[5+i] the item number (1-based)
+-- (User id, item id and code are read from the keys and the number, so a
+-- call carries three strings, not six. Lua numbers are doubles: item ids
+-- are exact below 2^53, as in purchase.lua.)
 --
 -- Returns one reply per call, in order: {outcome, code, items_csv}, outcome:
 --   ok       the item is in the checkout (added now or before)
@@ -47,17 +52,20 @@ end
 
 local limit = tonumber(meta[3])
 local expire_at = ARGV[2]
+local base = tonumber(ARGV[3])
+local user_offset = #ARGV[4] + 1
+local code_offset = #ARGV[5] + 1
 local SOLD = {'sold', '', ''}
 
-local function checkout(user_key, code_key, a)
-  if redis.call('GETBIT', KEYS[2], tonumber(ARGV[a + 1]) - 1) == 1 then
+local function checkout(user_key, code_key, number)
+  if redis.call('GETBIT', KEYS[2], number - 1) == 1 then
     return SOLD
   end
   local user = redis.call('HMGET', user_key, 'bought', 'code', 'items')
   local bought = tonumber(user[1]) or 0
   local code = user[2]
   local items = user[3] or ''
-  local item = ARGV[a + 2]
+  local item = string.format('%d', base + number)
 
   local count = 0
   for id in string.gmatch(items, '[^,]+') do
@@ -71,8 +79,8 @@ local function checkout(user_key, code_key, a)
   end
 
   if not code then
-    code = ARGV[a + 3]
-    redis.call('HSET', code_key, 'user', ARGV[a])
+    code = string.sub(code_key, code_offset)
+    redis.call('HSET', code_key, 'user', string.sub(user_key, user_offset))
     redis.call('PEXPIREAT', code_key, expire_at)
   end
   if items == '' then
@@ -89,6 +97,6 @@ local function checkout(user_key, code_key, a)
 end
 
 for i = 1, calls do
-  replies[i] = checkout(KEYS[1 + 2 * i], KEYS[2 + 2 * i], 3 + 4 * (i - 1))
+  replies[i] = checkout(KEYS[1 + 2 * i], KEYS[2 + 2 * i], tonumber(ARGV[5 + i]))
 end
 return replies

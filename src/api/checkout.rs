@@ -11,7 +11,7 @@ use crate::redis_client::batch::BatchCall;
 use crate::redis_client::scripts::{Script, Scripts};
 use crate::redis_client::{keys, texts};
 use crate::sale::code::new_code;
-use crate::sale::{CheckoutOutcome, SaleInfo, now_ms};
+use crate::sale::{CheckoutOutcome, ITEM_ID_STRIDE, SaleInfo, now_ms};
 
 /// One checkout for checkout.lua; the layout of KEYS and ARGV is at the top
 /// of the script.
@@ -20,7 +20,6 @@ pub(super) struct CheckoutCall {
     expire_at_ms: i64,
     user_id: i64,
     item_number: u32,
-    item_id: i64,
     fresh_code: String,
 }
 
@@ -42,7 +41,11 @@ impl BatchCall for CheckoutCall {
     }
 
     fn shared_args(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(now_ms()).arg(self.expire_at_ms);
+        cmd.arg(now_ms())
+            .arg(self.expire_at_ms)
+            .arg(self.sale_id * ITEM_ID_STRIDE)
+            .arg(keys::user_prefix(self.sale_id))
+            .arg(keys::code_prefix(self.sale_id));
     }
 
     fn keys(&self, cmd: &mut redis::Cmd) {
@@ -51,10 +54,7 @@ impl BatchCall for CheckoutCall {
     }
 
     fn args(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(self.user_id)
-            .arg(self.item_number)
-            .arg(self.item_id)
-            .arg(&self.fresh_code);
+        cmd.arg(self.item_number);
     }
 }
 use crate::store::{CheckoutRecord, Record};
@@ -115,7 +115,6 @@ impl Api {
                     expire_at_ms: sale.ends_at * 1000 + self.deps.retention_ms,
                     user_id,
                     item_number: n,
-                    item_id,
                     fresh_code: new_code(sale.id),
                 })
                 .await
