@@ -67,7 +67,9 @@ fn run_smoke(k6: &Path, s: &TestServer, tag: &str, env: &[(&str, &str)]) -> Run 
     let summary_path = s.log_path.with_extension(format!("k6-{tag}.json"));
     let _ = std::fs::remove_file(&summary_path);
     let mut cmd = Command::new(k6);
+    // --address: k6's REST API on a port of its own (the default, 6565, may be taken)
     cmd.args(["run", "--quiet", "--no-color", "--no-usage-report"])
+        .args(["--address", "127.0.0.1:0"])
         .arg(&script)
         .env("BASE_URL", format!("http://{}", s.addr))
         .env("SUMMARY_JSON", &summary_path)

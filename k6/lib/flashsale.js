@@ -101,8 +101,8 @@ let complaints = 0;
 function complain(name, why, res) {
   if (complaints++ < 5) {
     const body = res && typeof res.body === 'string' ? res.body.slice(0, 300) : '';
-    const req = res && res.request ? `${res.request.method} ${res.request.url}` : '';
-    console.warn(`check failed: ${name}: ${why} [${req} -> ${res ? res.status : '?'} ${body}]`);
+    const req = res && res.request ? ` [${res.request.method} ${res.request.url} -> ${res.status} ${body}]` : '';
+    console.warn(`check failed: ${name}: ${why}${req}`);
   }
 }
 
@@ -380,7 +380,10 @@ export function shopper(data, { replayRate = REPLAY_RATE } = {}) {
   for (const it of picks) {
     const { res, b } = checkout(userId, it.id);
     if (it.sold) {
-      const why = res.status === 409 && b && b.error === 'item_sold' ? null : `answered ${res.status}`;
+      // (or 404 item_not_found: the sale ended since the page was read)
+      const err = b && b.error;
+      const ok = (res.status === 409 && err === 'item_sold') || (res.status === 404 && err === 'item_not_found');
+      const why = ok ? null : `answered ${res.status} ${err}`;
       verdict('checkout: an item the page lists sold answers 409 item_sold', why, res);
     }
     if (!b) continue;
@@ -492,6 +495,7 @@ export function summarize(data, scenario) {
       thresholdResults.push({ metric: name, threshold: expr, ok: r.ok });
     }
   }
+  thresholdResults.sort((a, b) => (a.metric < b.metric ? -1 : a.metric > b.metric ? 1 : 0));
   const count = (name) => metric(data, name).count || 0;
   const digest = {
     scenario,
@@ -545,7 +549,8 @@ export function summarize(data, scenario) {
   );
   lines.push('  latency ms     avg     p50     p90     p99     max');
   for (const r of ROUTES) {
-    const v = digest.latency_ms[r];
+    // a route with no request has no latency (k6 reports zeros for a thresholded one)
+    const v = (data.metrics[`latency_${r}`] && metric(data, `latency_${r}`).max > 0 && digest.latency_ms[r]) || {};
     const cell = (x) => fmt(x, 2).padStart(8);
     lines.push(`    ${r.padEnd(9)}${cell(v.avg)}${cell(v.med)}${cell(v['p(90)'])}${cell(v['p(99)'])}${cell(v.max)}`);
   }
