@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command:
 #   scripts/test.sh [extra args for cargo test]     e.g. scripts/test.sh -- --nocapture
-# Stages: services (local Redis + PostgreSQL), rustfmt, clippy, cargo test.
+# Stages: services (local Redis + PostgreSQL), k6, rustfmt, clippy, cargo test.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -24,6 +24,12 @@ export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}}"
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://flashsale@127.0.0.1:${PG_PORT:-5432}/postgres}"
 echo "TEST_REDIS_URL=$TEST_REDIS_URL"
 echo "TEST_DATABASE_URL=$TEST_DATABASE_URL"
+
+# k6 for the smoke test (tests/k6_smoke.rs), which finds it through FLASHSALE_K6.
+stage "k6: scripts/bench-tools.sh --k6"
+FLASHSALE_K6="$(bash scripts/bench-tools.sh --k6 | tail -n1)"
+export FLASHSALE_K6
+echo "FLASHSALE_K6=$FLASHSALE_K6"
 
 stage "format: cargo fmt --all -- --check"
 cargo fmt --all -- --check

@@ -127,7 +127,7 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 }
 
 /// Runs a command to completion, killing it after `timeout`.
-fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
     let what = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
