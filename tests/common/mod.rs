@@ -475,37 +475,36 @@ impl TestServer {
         );
     }
 
-    /// `flashsale check --sale <id>` on this server's Redis and Postgres
-    /// databases: whether it found them consistent, and what it printed.
-    pub fn check(&self, sale_id: i64) -> (bool, String) {
-        let out = services::run_bounded(
-            Command::new(env!("CARGO_BIN_EXE_flashsale"))
-                .args(["check", "--sale", &sale_id.to_string()])
-                .env(
-                    "REDIS_URL",
-                    format!("{}/{}", redis_base_url(), self.redis_db),
-                )
-                .env("DATABASE_URL", pg_url_for(&self.db_name))
-                .env("FLASHSALE_LOG", "warn"),
-            Duration::from_secs(60),
-        );
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    }
-
-    /// Fails the test when `flashsale check --sale <id>` finds differences.
+    /// Fails the test when `flashsale check --sale <id>` finds differences
+    /// between this server's Redis and Postgres databases.
     #[track_caller]
     pub fn assert_consistent(&self, sale_id: i64) {
-        let (ok, text) = self.check(sale_id);
-        assert!(
-            ok,
-            "`flashsale check --sale {sale_id}` found differences:\n{text}"
+        assert_consistent(
+            &format!("{}/{}", redis_base_url(), self.redis_db),
+            &pg_url_for(&self.db_name),
+            sale_id,
         );
     }
+}
+
+/// Runs `flashsale check --sale <id>` on the given Redis and Postgres and
+/// fails the test, with the checker's report, when it finds differences.
+#[track_caller]
+pub fn assert_consistent(redis_url: &str, database_url: &str, sale_id: i64) {
+    let out = services::run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(["check", "--sale", &sale_id.to_string()])
+            .env("REDIS_URL", redis_url)
+            .env("DATABASE_URL", database_url)
+            .env("FLASHSALE_LOG", "warn"),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "`flashsale check --sale {sale_id}` found differences:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for TestServer {

@@ -765,40 +765,11 @@ impl Rig {
         super::wait_healthy(addr, SERVER_START_DEADLINE, &mut exited, log);
     }
 
-    /// `flashsale check --sale <id>` on this rig's Redis and Postgres.
-    /// Returns None (after a loud TODO note) when the binary has no `check`
-    /// subcommand yet; otherwise (success, stdout + stderr).
-    pub fn check(&self, sale_id: i64) -> Option<(bool, String)> {
-        let out = run_bounded(
-            Command::new(env!("CARGO_BIN_EXE_flashsale"))
-                .args(["check", "--sale", &sale_id.to_string()])
-                .env("REDIS_URL", self.redis.url())
-                .env("DATABASE_URL", self.pg.url())
-                .env("FLASHSALE_LOG", "warn"),
-            Duration::from_secs(60),
-        );
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success() && text.contains("unrecognized subcommand") {
-            // TODO(lead): `flashsale check` does not exist in this build yet;
-            // once it does, this returns its verdict and the tests assert it.
-            eprintln!("[services] TODO: `flashsale check` is not implemented yet: {text}");
-            return None;
-        }
-        Some((out.status.success(), text))
-    }
-
-    /// Runs the consistency checker and fails the test when it finds differences.
+    /// Runs the consistency checker on this rig's Redis and Postgres and
+    /// fails the test when it finds differences.
+    #[track_caller]
     pub fn assert_consistent(&self, sale_id: i64) {
-        if let Some((ok, text)) = self.check(sale_id) {
-            assert!(
-                ok,
-                "`flashsale check --sale {sale_id}` found differences:\n{text}"
-            );
-        }
+        super::assert_consistent(&self.redis.url(), &self.pg.url(), sale_id);
     }
 }
 
