@@ -269,7 +269,7 @@ def targets(runs, meta):
             if fig is not None:
                 figs.append(f"r{rnd}: {fig}")
             oks.append(ok)
-        return "; ".join(figs) or "–", verdict(oks)
+        return "<br>".join(figs) or "–", verdict(oks)
 
     def t1(rs):
         c, ce = rs.get("checkout"), rs.get("ceiling")
@@ -312,7 +312,7 @@ def targets(runs, meta):
     label = "purchase path ≥ 0.7 × redis-benchmark -P 16 req/s of lua/purchase.lua"
     if not same_mix:
         label += (" — **not like for like**: with this purchase.lua layout redis-benchmark cannot give the code "
-                  "key and its ARGV copy the same random code, so its first purchases buy nothing (see Purchase path)")
+                  "key and its ARGV copy the same random code, so its first purchases buy nothing (see Scenario details)")
     rows.append(("3", label, fig, v))
 
     def t4(rs):
@@ -323,7 +323,7 @@ def targets(runs, meta):
         if ms is None:
             sold = s.get("sellout", {}).get("sold", "?")
             return f"not sold out ({sold} sold)", False
-        return f"{ms:,.0f} ms", ms < 1000
+        return f"{ms:,.0f} ms at {f_int(s.get('rps'))} req/s", ms < 1000
 
     fig, v = per_round(t4)
     rows.append(("4", f"{meta.get('set_SALE_ITEMS', '10000')} items sold out in < 1 s of crowd", fig, v))
@@ -417,7 +417,8 @@ def svg_bars(x0, y0, w, h, title, groups, series, values, colors, log=False, uni
 
 def fmt_label(v, unit):
     if unit == "us":
-        return fmt_tick(round(v, -1 if v < 1000 else -2), unit)
+        v = round(v, -1 if v < 1000 else -2)
+        return f"{v:.0f}µs" if v < 1000 else f"{v / 1000:g}ms"
     if v >= 1000:
         return f"{v / 1000:.0f}k" if v >= 10_000 else f"{v / 1000:.1f}k"
     return f"{v:.0f}"
@@ -601,8 +602,9 @@ def main() -> int:
             items.append(
                 f"post-sellout crowd: {kv.get('items_sold_before', '?')} of {kv.get('items_total', '?')} sold before it; "
                 f"{f_int(num(kv.get('sold_map_answers')))} answers from the known-sold map (no Redis) out of "
-                f"{f_int(p.get('requests'))}; answered 503: {p.get('statuses', {}).get(503, 0):,} "
-                f"(see raw/r{rnd}-sellout.metrics.txt: writer queue full, shed)")
+                f"{f_int(p.get('requests'))} seen by wrk (the server also counts those in flight when wrk stopped)"
+                + (f"; answered 503: {p['statuses'][503]:,} (raw/r{rnd}-sellout.metrics.txt says why: "
+                   f"flashsale_writer_queue_full_total, flashsale_shed_total)" if p.get("statuses", {}).get(503) else ""))
         pu = rs.get("purchase")
         if pu:
             kv = pu["kv"]
@@ -693,7 +695,9 @@ def main() -> int:
     print("Targets:")
     for n, t, fig, v in trows:
         print(f"  {n}. {re.sub(r'[*]', '', t)}")
-        print(f"     {fig}  =>  {re.sub(r'[*]', '', v)}")
+        for line in fig.split("<br>"):
+            print(f"     {line}")
+        print(f"     => {re.sub(r'[*]', '', v)}")
     print()
     return 0
 
