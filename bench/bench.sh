@@ -196,6 +196,10 @@ if want k6 && [[ $K6 == 1 && -z $K6_BIN ]]; then
   log "k6 not found: the k6 scenario is skipped (scripts/bench-tools.sh installs it)"
   K6=0
 fi
+if want k6 && [[ $K6 == 1 && ! -f $K6_SCRIPT ]]; then
+  log "K6_SCRIPT=$K6_SCRIPT does not exist: the k6 scenario is skipped"
+  K6=0
+fi
 for tool in wrk curl python3 redis-cli redis-benchmark psql ss taskset; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found (SETUP=1 installs what is missing)"
 done
