@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Prepared checkouts for the purchase path, as a Redis protocol stream.
+
+    bench/prep_codes.py --sale 1 --items 10000 --codes 100000 \
+        --checkout-sha SHA --ends-at 1767225600 | redis-cli -p 6379 -n 7 --pipe
+
+Writes (after SELECT <db> with --db) for code i in 0..codes-1 one EVALSHA of
+lua/checkout.lua per item of its checkout, exactly as the server calls it
+(KEYS meta, sold, user, code; ARGV user, item number, item id, code, now,
+expire-at), so the state is the one real checkouts leave:
+
+  code i   <sale>-<20 zeros><i as 12 digits>   (32 hex digits: a valid code,
+           and what redis-benchmark's __rand_int__ makes of the same pattern)
+  user     i + 1 (one open checkout per user)
+  items    K distinct random items of the sale, K random in 1..--max-items
+           (mean 2 with the default 3)
+
+The item draw is seeded (--seed), so every database prepared with the same
+arguments holds the same mix. Python 3 standard library only.
+"""
+
+import argparse
+import random
+import sys
+import time
+
+
+def resp(*args) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", type=int, help="start with SELECT db (or use redis-cli -n)")
+    ap.add_argument("--sale", type=int, required=True)
+    ap.add_argument("--items", type=int, required=True)
+    ap.add_argument("--codes", type=int, required=True)
+    ap.add_argument("--max-items", type=int, default=3)
+    ap.add_argument("--checkout-sha", required=True)
+    ap.add_argument("--ends-at", type=int, required=True, help="the sale's end, Unix s")
+    ap.add_argument("--retention-ms", type=int, default=86_400_000)
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args()
+    if not 0 < args.codes <= 10**12:
+        ap.error("--codes must be in 1..10^12")
+
+    rng = random.Random(args.seed)
+    s = args.sale
+    meta, sold = f"{{sale:{s}}}:meta", f"{{sale:{s}}}:sold"
+    base = s * 1_000_000
+    now = int(time.time() * 1000)
+    expire = args.ends_at * 1000 + args.retention_ms
+    k_max = max(1, min(args.max_items, args.items))
+    out = sys.stdout.buffer
+    if args.db is not None:
+        out.write(resp("SELECT", args.db))
+    chunk = []
+    for i in range(args.codes):
+        code = f"{s}-{'0' * 20}{i:012d}"
+        user = i + 1
+        user_key = f"{{sale:{s}}}:user:{user}"
+        code_key = f"{{sale:{s}}}:code:{code}"
+        for n in rng.sample(range(1, args.items + 1), rng.randint(1, k_max)):
+            chunk.append(
+                resp("EVALSHA", args.checkout_sha, 4, meta, sold, user_key, code_key,
+                     user, n, base + n, code, now, expire)
+            )
+        if len(chunk) >= 4096:
+            out.write(b"".join(chunk))
+            chunk.clear()
+    out.write(b"".join(chunk))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
