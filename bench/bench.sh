@@ -60,6 +60,7 @@ SALE_PERIOD_SECS="${SALE_PERIOD_SECS:-3600}"
 USERS="${USERS:-1000000}"
 
 SELLOUT_PICK="${SELLOUT_PICK:-perm}"
+SELLOUT_CART="${SELLOUT_CART:-5}"
 SELLOUT_MAX="${SELLOUT_MAX:-30}"
 POLL_MS="${POLL_MS:-10}"
 PURCHASE_CODES="${PURCHASE_CODES:-100000}"
@@ -105,6 +106,8 @@ for v in CONNECTIONS THREADS ROUNDS SERVER_CORES SALE_ITEMS USER_LIMIT SALE_PERI
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
 done
 [[ $SELLOUT_PICK == perm || $SELLOUT_PICK == random ]] || die "SELLOUT_PICK must be perm or random"
+[[ $SELLOUT_CART =~ ^[0-9]+$ ]] && ((SELLOUT_CART >= 1 && SELLOUT_CART <= USER_LIMIT)) ||
+  die "SELLOUT_CART must be 1..USER_LIMIT"
 [[ $PG_DB_PREFIX =~ ^[a-z_][a-z0-9_]*$ ]] || die "PG_DB_PREFIX must be a plain lowercase name"
 want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
@@ -268,7 +271,7 @@ version_of() { "$@" 2>&1 | head -n1 | tr -d '\r' || true; }
   echo "v_rustc=$(version_of rustc --version)"
   echo "v_python=$(version_of python3 --version)"
   for v in QUICK DURATION CONNECTIONS THREADS ROUNDS SCENARIOS WRK_CPUS SERVER_CORES SALE_ITEMS \
-    USER_LIMIT SALE_PERIOD_SECS USERS SELLOUT_PICK SELLOUT_MAX POLL_MS PURCHASE_CODES \
+    USER_LIMIT SALE_PERIOD_SECS USERS SELLOUT_PICK SELLOUT_CART SELLOUT_MAX POLL_MS PURCHASE_CODES \
     PURCHASE_MAX_ITEMS RB_CLIENTS MIXED_PAGE MIXED_MAX_ITEMS K6 K6_SCRIPT K6_RATE K6_DURATION \
     REDIS_PORT PG_PORT BENCH_PORT BARE_PORT SERVER_LOG; do
     echo "set_$v=${!v}"
@@ -588,10 +591,10 @@ scenario_sellout() {
   start_server sellout "$DB_SELLOUT" $((SELLOUT_MAX + DURATION_S + 2 * DRAIN_TIMEOUT + 30))
   kvf="$(new_kv "$ROUND" sellout wrk)"
   out="$OUT/raw/r$ROUND-sellout.txt"
-  log "round $ROUND: sellout (sale $SALE_ID, $ITEMS items, pick $SELLOUT_PICK)"
+  log "round $ROUND: sellout (sale $SALE_ID, $ITEMS items, pick $SELLOUT_PICK, $SELLOUT_CART items per user)"
   measure "$kvf" "$out.watch" "$SERVER_PID" -- python3 bench/sellout_watch.py --url "$URL" \
     --timeout "$SELLOUT_MAX" --poll-ms "$POLL_MS" --out "$out" --trace "$out.sold" -- \
-    env COUNT_STATUS=1 USERS="$USERS" SALE_ID="$SALE_ID" ITEMS="$ITEMS" PICK="$SELLOUT_PICK" \
+    env COUNT_STATUS=1 USERS="$USERS" SALE_ID="$SALE_ID" ITEMS="$ITEMS" PICK="$SELLOUT_PICK" CART="$SELLOUT_CART" \
     "${WRK[@]}" -t"$THREADS" -c"$CONNECTIONS" -d"${SELLOUT_MAX}s" --latency -s bench/sellout.lua "$URL"
   kv "$kvf" raw "raw/r$ROUND-sellout.txt"
   kv "$kvf" watch "raw/r$ROUND-sellout.txt.watch"

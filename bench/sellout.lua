@@ -1,8 +1,12 @@
 -- wrk script: the sellout. A crowd of users buys the sale's items: each
--- checkout is made by a fresh random user (1..USERS) and, when it is
--- accepted (200 with a code), the next request of the same wrk thread buys it
--- (POST /purchase?code=...). Purchases go first, so a code is bought as soon
--- as a connection is free.
+-- user (a fresh random id in 1..USERS) checks out CART items (default 5, at
+-- most the per-user limit) and, once a checkout answer shows all CART in the
+-- cart, the next request of the same wrk thread buys them with the code
+-- (POST /purchase?code=...). So 10,000 items take 10,000 / CART users:
+-- 2,000 with the default. Purchases go first, so a code is bought as soon as
+-- a connection is free. A cart that came up short (an item sold meanwhile)
+-- is not bought; its items are asked for again in the next pass. CART=1
+-- makes every checkout a user of its own, bought alone.
 --
 -- Which item a checkout asks for (PICK):
 --   perm    (default) each wrk thread walks its own random permutation of
@@ -25,7 +29,9 @@ local sale_id = lib.env_number("SALE_ID", nil, "sellout.lua")
 local items = lib.env_number("ITEMS", nil, "sellout.lua")
 local users = lib.env_number("USERS", 1000000)
 local pick = os.getenv("PICK") or "perm"
+local cart = lib.env_number("CART", 5)
 local base = sale_id * 1000000
+local user, cart_left = 0, 0
 
 local order, next_index
 local codes, head, tail = {}, 1, 0
@@ -46,8 +52,12 @@ lib.install({
     local code = string.match(body, '"code":"([^"]+)"')
     if code then
       lib.bump("checkout_200")
-      tail = tail + 1
-      codes[tail] = code
+      local _, commas = string.gsub(string.match(body, '"items":%[([^%]]*)%]') or "", ",", "")
+      -- the answer that shows the whole cart: exactly one per full cart
+      if commas + 1 >= cart then
+        tail = tail + 1
+        codes[tail] = code
+      end
     else
       local list = string.match(body, '"purchased":%[([^%]]*)%]')
       if list then
@@ -78,6 +88,10 @@ function request()
   else
     n = math.random(1, items)
   end
-  local path = string.format("/checkout?user_id=%d&id=%.0f", math.random(1, users), base + n)
+  if cart_left == 0 then
+    user, cart_left = math.random(1, users), cart
+  end
+  cart_left = cart_left - 1
+  local path = string.format("/checkout?user_id=%d&id=%.0f", user, base + n)
   return wrk.format("POST", path, nil, "")
 end
