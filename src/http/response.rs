@@ -81,14 +81,16 @@ pub fn write_response(
     out.extend_from_slice(body);
 }
 
-/// `{"error": code, "message": message}`; code and message are fixed ASCII
-/// text of the server, so no escaping is needed beyond what serde does.
+/// SPEC's error body: `{"error": code, "message": message}`.
+#[derive(serde::Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: &'a str,
+    pub message: &'a str,
+}
+
+/// Appends the error body of `code` and `message` to `body`; they are fixed
+/// ASCII text of the server, so no escaping is needed beyond what serde does.
 pub fn error_body(body: &mut Vec<u8>, code: &str, message: &str) {
-    #[derive(serde::Serialize)]
-    struct ErrorBody<'a> {
-        error: &'a str,
-        message: &'a str,
-    }
     // Writing to a Vec cannot fail.
     let _ = simd_json::to_writer(
         &mut *body,
