@@ -6,6 +6,7 @@ use super::json::{self, CheckoutBody};
 use super::params::Query;
 use super::{Answer, Api, ITEM_NOT_FOUND, NO_ACTIVE_SALE, Reject, WRITER_QUEUE_FULL};
 use crate::http::ResponseHead;
+use crate::http::response::write_json;
 use crate::redis_client::{keys, texts};
 use crate::sale::code::new_code;
 use crate::sale::{CheckoutOutcome, SaleInfo, now_ms};
@@ -97,7 +98,7 @@ impl Api {
                     now,
                 )?;
                 let items = json::parse_id_list(items);
-                json::write(
+                write_json(
                     body,
                     &CheckoutBody {
                         code,

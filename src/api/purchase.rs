@@ -6,6 +6,7 @@ use super::json::{self, PurchaseBody};
 use super::params::Query;
 use super::{Answer, Api, Reject};
 use crate::http::ResponseHead;
+use crate::http::response::write_json;
 use crate::redis_client::{keys, texts};
 use crate::sale::code::parse_code;
 use crate::sale::{ITEM_ID_STRIDE, now_ms};
@@ -62,7 +63,7 @@ impl Api {
                     self.note_sold(sale_id, &purchased);
                 }
                 let ok = *status == "200";
-                json::write(
+                write_json(
                     body,
                     &PurchaseBody {
                         error: (!ok).then_some("nothing_purchased"),
