@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-20000}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/json-callgrind.XXXXXX)}
+mkdir -p "$OUT_DIR"
 command -v valgrind >/dev/null || { echo "valgrind not found: scripts/bench-tools.sh --profile" >&2; exit 1; }
 
 bin=$(cargo bench --bench json_writers --no-run 2>&1 |
