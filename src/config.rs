@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::redis_client::batch::BatchLimits;
 
@@ -36,6 +36,27 @@ pub enum Command {
     },
 }
 
+/// The IO driver the core runtimes are asked to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverChoice {
+    /// io_uring where the kernel allows it, else epoll (with a warning).
+    Auto,
+    /// io_uring, or refuse to start.
+    IoUring,
+    /// epoll (monoio's legacy driver), even where io_uring is available.
+    Epoll,
+}
+
+/// The value as written in `FLASHSALE_DRIVER` and `--driver`.
+impl std::fmt::Display for DriverChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.to_possible_value() {
+            Some(value) => f.write_str(value.get_name()),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The server's configuration. Every field is an environment variable and a flag.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -50,6 +71,16 @@ pub struct Config {
     /// Number of core threads (one monoio runtime each); default: every core.
     #[arg(long = "cores", env = "FLASHSALE_CORES")]
     pub cores: Option<usize>,
+
+    /// IO driver of the core threads: `auto` (io_uring, epoll where io_uring is not
+    /// allowed), `io-uring` (refuse to start without it) or `epoll`.
+    #[arg(
+        long = "driver",
+        env = "FLASHSALE_DRIVER",
+        value_enum,
+        default_value_t = DriverChoice::Auto
+    )]
+    pub driver: DriverChoice,
 
     /// Redis URL (`redis://host:port/db`).
     #[arg(
@@ -305,6 +336,20 @@ mod tests {
         assert_eq!(c.sale_items, 10_000);
         assert_eq!(c.user_limit, 10);
         assert_eq!(c.log_format(), (false, "info".to_string()));
+        assert_eq!(c.driver, DriverChoice::Auto);
+    }
+
+    #[test]
+    fn driver_names() {
+        for (name, driver) in [
+            ("auto", DriverChoice::Auto),
+            ("io-uring", DriverChoice::IoUring),
+            ("epoll", DriverChoice::Epoll),
+        ] {
+            assert_eq!(parse(&["--driver", name]).config.driver, driver);
+            assert_eq!(driver.to_string(), name);
+        }
+        assert!(Cli::try_parse_from(["flashsale", "--driver", "kqueue"]).is_err());
     }
 
     #[test]

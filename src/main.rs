@@ -64,6 +64,15 @@ fn serve(config: Config) -> Result<()> {
             .map_err(|e| error::Error::with_cause(error::ErrorKind::Config, "signal handler", e))?;
     }
 
+    // Decided first, so that `--driver io-uring` on a host without it fails at once.
+    let driver = server::resolve_driver(config.driver)
+        .map_err(|e| error::Error::with_cause(error::ErrorKind::Config, "driver", e))?;
+    tracing::info!(
+        driver = driver.name(),
+        requested = %config.driver,
+        "core IO driver"
+    );
+
     let redis = RedisTarget::parse(&config.redis_url)?;
     let pool = store::pool(&config.database_url, config.pg_pool_size)?;
     let migrated = migrate_if_postgres_is_up(&pool, &stop);
@@ -109,6 +118,7 @@ fn serve(config: Config) -> Result<()> {
     let cores = server::start_cores(
         config.core_count(),
         server::CoreSetup {
+            driver,
             listen: config.listen,
             redis,
             redis_timeout: config.redis_timeout(),
@@ -133,7 +143,12 @@ fn serve(config: Config) -> Result<()> {
         },
     )
     .map_err(|e| error::Error::with_cause(error::ErrorKind::Config, "listen", e))?;
-    tracing::info!(listen = %config.listen, cores = cores.len(), "flashsale serving");
+    tracing::info!(
+        listen = %config.listen,
+        cores = cores.len(),
+        driver = driver.name(),
+        "flashsale serving"
+    );
 
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));

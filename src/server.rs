@@ -1,5 +1,6 @@
 //! The core threads: one monoio runtime per core (io_uring, or epoll where
-//! io_uring is not allowed), pinned with core_affinity, each with its own
+//! io_uring is not allowed or `FLASHSALE_DRIVER` says so), pinned with
+//! core_affinity, each with its own
 //! SO_REUSEPORT listener, Redis connection and API. Also their shutdown:
 //! stop accepting, let open connections finish, close.
 
@@ -15,6 +16,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 use monoio::time::TimeDriver;
 
 use crate::api::{Api, ApiDeps, keep_sold_map_fresh};
+use crate::config::DriverChoice;
 use crate::event::Event;
 use crate::http::Limits;
 use crate::metrics::registry;
@@ -32,6 +34,7 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(25);
 /// What every core needs; cloned into each core thread.
 #[derive(Clone)]
 pub struct CoreSetup {
+    pub driver: CoreDriver,
     pub listen: SocketAddr,
     pub redis: RedisTarget,
     pub redis_timeout: Duration,
@@ -50,14 +53,6 @@ pub struct CoreSetup {
 
 /// Starts `count` core threads; returns once every one is listening.
 pub fn start_cores(count: usize, setup: CoreSetup) -> std::io::Result<Vec<JoinHandle<()>>> {
-    if monoio::utils::detect_uring() {
-        tracing::info!(cores = count, "starting cores on io_uring");
-    } else {
-        tracing::warn!(
-            cores = count,
-            "io_uring is not available (blocked by seccomp or disabled); falling back to epoll"
-        );
-    }
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     let mut handles = Vec::with_capacity(count);
@@ -88,33 +83,85 @@ pub fn start_cores(count: usize, setup: CoreSetup) -> std::io::Result<Vec<JoinHa
     Ok(handles)
 }
 
-/// A core's runtime: io_uring with COOP_TASKRUN where the kernel has it
-/// (5.19+), else plain io_uring, else epoll. COOP_TASKRUN lets completions
-/// wait for the core's next io_uring_enter instead of interrupting it with
-/// an IPI; on the 404 path it raised throughput by about a quarter (see
-/// bench/codec/README.md).
+/// The IO driver the cores run on, decided once at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoreDriver {
+    IoUring,
+    Epoll,
+}
+
+impl CoreDriver {
+    pub fn name(self) -> &'static str {
+        match self {
+            CoreDriver::IoUring => "io_uring",
+            CoreDriver::Epoll => "epoll",
+        }
+    }
+}
+
+/// The driver for the configured choice: `auto` takes io_uring where the
+/// kernel (and seccomp) allow it, else epoll with a warning; `io-uring`
+/// without io_uring is an error, so a misconfigured host fails at start
+/// instead of running on the other driver unnoticed.
+pub fn resolve_driver(choice: DriverChoice) -> std::io::Result<CoreDriver> {
+    if choice == DriverChoice::Epoll {
+        return Ok(CoreDriver::Epoll);
+    }
+    if monoio::utils::detect_uring() {
+        return Ok(CoreDriver::IoUring);
+    }
+    const WHY: &str = "io_uring is not available (blocked by seccomp, \
+        disabled by the kernel.io_uring_disabled sysctl, or a kernel before 5.6)";
+    if choice == DriverChoice::IoUring {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("FLASHSALE_DRIVER=io-uring, but {WHY}; use auto or epoll"),
+        ));
+    }
+    tracing::warn!("{WHY}; falling back to epoll");
+    Ok(CoreDriver::Epoll)
+}
+
+/// A core's runtime. On io_uring, COOP_TASKRUN where the kernel has it
+/// (5.19+), else plain io_uring: COOP_TASKRUN lets completions wait for the
+/// core's next io_uring_enter instead of interrupting it with an IPI; on the
+/// 404 path it raised throughput by about a quarter (see
+/// bench/codec/README.md). On epoll, monoio's legacy driver.
 type CoreRuntime =
     monoio::FusionRuntime<TimeDriver<monoio::IoUringDriver>, TimeDriver<monoio::LegacyDriver>>;
 
-fn build_runtime() -> std::io::Result<CoreRuntime> {
-    let mut uring = io_uring::IoUring::builder();
-    uring.setup_coop_taskrun();
-    let coop = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .uring_builder(uring)
-        .enable_timer()
-        .with_entries(4096)
-        .build();
-    coop.or_else(|e| {
-        tracing::warn!(error = %e, "io_uring without COOP_TASKRUN");
-        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+/// Submission queue entries of an io_uring core (epoll: events per wait).
+const DRIVER_ENTRIES: u32 = 4096;
+
+fn build_runtime(driver: CoreDriver) -> std::io::Result<CoreRuntime> {
+    match driver {
+        CoreDriver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
-            .with_entries(4096)
+            .with_entries(DRIVER_ENTRIES)
             .build()
-    })
+            .map(Into::into),
+        CoreDriver::IoUring => {
+            let mut uring = io_uring::IoUring::builder();
+            uring.setup_coop_taskrun();
+            let coop = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .uring_builder(uring)
+                .enable_timer()
+                .with_entries(DRIVER_ENTRIES)
+                .build();
+            coop.or_else(|e| {
+                tracing::warn!(error = %e, "io_uring without COOP_TASKRUN");
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .enable_timer()
+                    .with_entries(DRIVER_ENTRIES)
+                    .build()
+            })
+            .map(Into::into)
+        }
+    }
 }
 
 fn run_core(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Result<()>>) {
-    let mut runtime = match build_runtime() {
+    let mut runtime = match build_runtime(setup.driver) {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(e));

@@ -16,6 +16,34 @@ fn assert_still_serving(s: &TestServer) {
     c.get("/health").assert_status(200);
 }
 
+/// `FLASHSALE_DRIVER=epoll` (what a container whose seccomp blocks io_uring
+/// runs on): the same answers, pipelining included, and the log says which
+/// driver runs.
+#[test]
+fn epoll_driver_serves_the_same_api() {
+    let s = TestServer::start(Opts::default().items(50).env("FLASHSALE_DRIVER", "epoll"));
+    let log = s.log_tail(100);
+    assert!(
+        log.contains(r#"driver="epoll" requested=epoll"#),
+        "no driver line in the log:\n{log}"
+    );
+    let sale = s.active_sale();
+    let code = s.checkout(1, sale.item(1)).assert_status(200).str("code");
+    assert_eq!(
+        s.purchase(&code).assert_status(200).ids("purchased"),
+        vec![sale.item(1)]
+    );
+    s.checkout(2, sale.item(1)).assert_error(409, "item_sold");
+    let mut c = s.connect();
+    let mut bytes = build_request("GET", "/nope", &[], b"");
+    bytes.extend(build_request("GET", "/health", &[], b""));
+    c.send(&bytes).expect("send pipelined requests");
+    c.read_response()
+        .expect("first answer")
+        .assert_error(404, "not_found");
+    c.read_response().expect("second answer").assert_status(200);
+}
+
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let s = server();

@@ -7,6 +7,7 @@ use super::json::{self, CheckoutBody};
 use super::params::Query;
 use super::{Answer, Api, ITEM_NOT_FOUND, NO_ACTIVE_SALE, Reject, WRITER_QUEUE_FULL};
 use crate::http::ResponseHead;
+use crate::http::response::write_json;
 use crate::redis_client::batch::BatchCall;
 use crate::redis_client::scripts::{Script, Scripts};
 use crate::redis_client::{keys, texts};
@@ -136,7 +137,7 @@ impl Api {
                     now,
                 )?;
                 let items = json::parse_id_list(items);
-                json::write(
+                write_json(
                     body,
                     &CheckoutBody {
                         code,

@@ -1,5 +1,5 @@
-//! The JSON shapes of SPEC's responses, serialized with serde + simd-json
-//! straight into the connection's body buffer.
+//! The JSON shapes of SPEC's responses, serialized with serde straight into
+//! the connection's body buffer by `http::response::write_json`.
 
 use serde::Serialize;
 
@@ -54,12 +54,6 @@ pub struct HealthBody {
     pub postgres: &'static str,
 }
 
-/// Serializes `value` into `out`.
-pub fn write<T: Serialize>(out: &mut Vec<u8>, value: &T) {
-    // Writing into a Vec cannot fail, and these types always serialize.
-    let _ = simd_json::to_writer(&mut *out, value);
-}
-
 /// RFC 3339 (UTC, seconds) of a Unix time.
 pub fn rfc3339(unix_secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs.max(0) as u64);
@@ -74,6 +68,7 @@ pub fn parse_id_list(csv: &str) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::response::write_json as write;
 
     #[test]
     fn checkout_shape() {

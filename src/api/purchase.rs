@@ -7,6 +7,7 @@ use super::json::{self, PurchaseBody};
 use super::params::Query;
 use super::{Answer, Api, Reject};
 use crate::http::ResponseHead;
+use crate::http::response::write_json;
 use crate::redis_client::batch::BatchCall;
 use crate::redis_client::scripts::{Script, Scripts};
 use crate::redis_client::{keys, texts};
@@ -98,7 +99,7 @@ impl Api {
                     self.note_sold(sale_id, &purchased);
                 }
                 let ok = *status == "200";
-                json::write(
+                write_json(
                     body,
                     &PurchaseBody {
                         error: (!ok).then_some("nothing_purchased"),

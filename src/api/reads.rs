@@ -8,7 +8,7 @@ use super::json::{self, ActiveSaleBody, HealthBody, ItemBody, ItemsBody};
 use super::params::{Query, parse_positive};
 use super::{Answer, Api, NO_ACTIVE_SALE, Reject};
 use crate::http::ResponseHead;
-use crate::http::response::PROMETHEUS_TEXT;
+use crate::http::response::{PROMETHEUS_TEXT, write_json};
 use crate::metrics::registry;
 use crate::redis_client::keys;
 use crate::sale::{image_url, item_id, item_name, now_ms};
@@ -28,7 +28,7 @@ impl Api {
             let _slot = self.begin_redis_work()?;
             self.meta_field(sale.id, "sold").await?
         };
-        json::write(
+        write_json(
             body,
             &ActiveSaleBody {
                 sale_id: sale.id,
@@ -111,7 +111,7 @@ impl Api {
                 }
             })
             .collect();
-        json::write(
+        write_json(
             body,
             &ItemsBody {
                 sale_id,
@@ -141,7 +141,7 @@ impl Api {
         let postgres_up = self.deps.postgres.is_up();
         let up = |ok: bool| if ok { "ok" } else { "down" };
         let healthy = redis_up && postgres_up;
-        json::write(
+        write_json(
             body,
             &HealthBody {
                 status: if healthy { "ok" } else { "degraded" },
