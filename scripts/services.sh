@@ -189,6 +189,14 @@ save ""
 appendonly yes
 appendfsync everysec
 appendfilename "appendonly.aof"
+# AOF rewrites fork and copy the whole dataset: past 64 MB (the default) a
+# checkout crowd (~300 bytes of AOF per checkout) triggers one every few
+# seconds, each costing CPU beside the crowd; rewrite once the log has doubled
+# and passed 1 GB instead.
+auto-aof-rewrite-percentage 100
+auto-aof-rewrite-min-size 1gb
+# Keys of a sale expire together; free them on a background thread.
+lazyfree-lazy-expire yes
 EOF
   mv "$REDIS_CONF.tmp" "$REDIS_CONF"
 }
