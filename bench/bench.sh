@@ -707,7 +707,7 @@ scenario_k6() {
   log "round $ROUND: k6 $K6_SCRIPT at $K6_RATE/s for $K6_DURATION"
   # Rate and duration under the names k6/flash_crowd.js reads (PEAK_RPS, RAMP,
   # HOLD, TAIL) and generic ones (RATE, DURATION) for a script that reads those.
-  measure "$kvf" "$out" "$SERVER_PID" -- env BASE_URL="$URL" PEAK_RPS="$K6_RATE" RATE="$K6_RATE" \
+  measure "$kvf" "$out" "$SERVER_PID" -- env SUMMARY_JSON="$out.summary.json" BASE_URL="$URL" PEAK_RPS="$K6_RATE" RATE="$K6_RATE" \
     RAMP=1s HOLD="$K6_DURATION" TAIL=1s DURATION="$K6_DURATION" USERS="$USERS" \
     "$K6_BIN" run --quiet --no-color --summary-export "$out.json" \
     --summary-trend-stats 'avg,min,med,max,p(90),p(99),p(99.9)' "$K6_SCRIPT"
