@@ -330,13 +330,20 @@ impl Writer {
             std::thread::sleep(wait.min(IDLE_TICK));
             return;
         }
-        match self.records.recv_timeout(wait) {
-            Ok(record) => self.push(record),
-            Err(RecvTimeoutError::Timeout) => return,
-            Err(RecvTimeoutError::Disconnected) => {
-                self.closed = true;
-                return;
+        if self.pending.is_empty() {
+            // The first record opens a batch: wake for it at once.
+            match self.records.recv_timeout(wait) {
+                Ok(record) => self.push(record),
+                Err(RecvTimeoutError::Timeout) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.closed = true;
+                    return;
+                }
             }
+        } else {
+            // A batch is open: let its window fill instead of waking for every
+            // record (under a crowd that was thousands of wake-ups a second).
+            std::thread::sleep(wait);
         }
         while self.pending.len() < limit {
             match self.records.try_recv() {
