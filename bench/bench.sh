@@ -220,7 +220,7 @@ if [[ $(rcli config get appendonly | sed -n 2p) == yes ]]; then
   log "redis: BGREWRITEAOF before the rounds"
   rcli bgrewriteaof >/dev/null 2>&1 || true
   for _ in $(seq 600); do
-    rcli info persistence | grep -q '^aof_rewrite_in_progress:0' && break
+    rcli info persistence | tr -d '\r' | grep -cE '^aof_rewrite_(in_progress|scheduled):0$' | grep -q 2 && break
     sleep 0.1
   done
 fi
