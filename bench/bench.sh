@@ -558,7 +558,7 @@ scenario_ceiling() {
   local url="http://127.0.0.1:$BARE_PORT"
   log "round $ROUND: ceiling (bare responder, $SERVER_CORES thread(s))"
   measure "$kvf" "$out" "$BARE_PID" -- env COUNT_STATUS=1 USERS="$USERS" SALE_ID=1 ITEMS="$SALE_ITEMS" \
-    "${WRK[@]}" -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/ceiling.lua "$url"
+    "${WRK[@]}" -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/checkout.lua "$url"
   show_wrk ceiling "$out"
 }
 
