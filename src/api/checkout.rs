@@ -13,6 +13,7 @@ use crate::redis_client::scripts::{Script, Scripts};
 use crate::redis_client::{keys, texts};
 use crate::sale::code::new_code;
 use crate::sale::{CheckoutOutcome, ITEM_ID_STRIDE, SaleInfo, now_ms};
+use crate::store::{CheckoutRecord, Record};
 
 /// One checkout for checkout.lua; the layout of KEYS and ARGV is at the top
 /// of the script.
@@ -58,7 +59,6 @@ impl BatchCall for CheckoutCall {
         cmd.arg(self.item_number);
     }
 }
-use crate::store::{CheckoutRecord, Record};
 
 const ITEM_SOLD: Reject = Reject::new(409, "item_sold", "the item is already sold");
 const LIMIT_REACHED: Reject = Reject::new(

@@ -49,17 +49,9 @@ pub trait BatchObserver {
     fn batch_sent(&self, script: &'static str, calls: usize);
 }
 
-/// A core's batcher for one script; clones share the queue.
+/// A core's batcher for one script.
 pub struct Batcher<C: BatchCall> {
     inner: Rc<Inner<C>>,
-}
-
-impl<C: BatchCall> Clone for Batcher<C> {
-    fn clone(&self) -> Self {
-        Batcher {
-            inner: self.inner.clone(),
-        }
-    }
 }
 
 struct Inner<C> {
