@@ -220,6 +220,11 @@ def f_us(x):
     return f"{x:,.0f} µs"
 
 
+def f_share(part, whole):
+    """part of whole as a percentage, or '?' when either is unknown."""
+    return f"{part / whole * 100:.1f}%" if whole and part is not None else "?"
+
+
 def f_ratio(x):
     return "–" if x is None else f"{x:.3f}"
 
@@ -602,19 +607,18 @@ def main() -> int:
             kv = pu["kv"]
             served = num(kv.get("server_requests"))
             spent = num(kv.get("codes_spent"))
-            share = f"{spent / served * 100:.1f}%" if served and spent is not None else "?"
             items.append(
                 f"purchase path: {f_int(served)} purchases served over {f_int(num(kv.get('codes')))} prepared codes: "
-                f"{f_int(spent)} first purchases ({share}), the rest replays; {kv.get('items_sold', '?')} items sold")
+                f"{f_int(spent)} first purchases ({f_share(spent, served)}), the rest replays; "
+                f"{kv.get('items_sold', '?')} items sold")
         for key in ("redis_p1", "redis_p16"):
             rb = rs.get(key)
             if rb:
                 kv = rb["kv"]
                 sent = num(kv.get("requests_sent"))
                 spent = num(kv.get("codes_spent"))
-                share = f"{spent / sent * 100:.1f}%" if sent and spent is not None else "?"
                 items.append(
-                    f"{NAMES[key]}: {f_int(sent)} EVALSHA, {f_int(spent)} first purchases ({share}), "
+                    f"{NAMES[key]}: {f_int(sent)} EVALSHA, {f_int(spent)} first purchases ({f_share(spent, sent)}), "
                     f"{kv.get('items_sold', '?')} items sold")
         m = rs.get("mixed")
         if m:
