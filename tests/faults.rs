@@ -598,6 +598,23 @@ fn assert_checkouts_recorded(rig: &Rig, sale_id: i64, seen: &Seen, lost_unproces
     }
 }
 
+/// What every load test checks last: each answered purchase and checkout is
+/// recorded in Postgres (`lost_unprocessed`: see `assert_checkouts_recorded`),
+/// and the checker finds Redis and Postgres consistent.
+fn assert_all_recorded(
+    rig: &Rig,
+    sale_id: i64,
+    items: u32,
+    limit: usize,
+    seen: &Seen,
+    out: &Outcomes,
+    lost_unprocessed: bool,
+) {
+    assert_purchases_recorded(rig, sale_id, items, limit, out);
+    assert_checkouts_recorded(rig, sale_id, seen, lost_unprocessed);
+    rig.assert_consistent(sale_id);
+}
+
 fn health(addr: SocketAddr) -> Option<Response> {
     Conn::try_connect(addr)
         .and_then(|mut c| c.try_request("GET", "/health", &[], b""))
@@ -789,15 +806,13 @@ fn postgres_down_sales_go_on_and_nothing_is_lost() {
         "the server died during the outage"
     );
 
-    let out = outcomes(&seen, LIMIT as usize);
-    assert_purchases_recorded(&rig, sale.id, ITEMS, LIMIT as usize, &out);
-    assert_checkouts_recorded(&rig, sale.id, &seen, false);
     eventually(
         Duration::from_secs(10),
         "writer queue depth back to 0",
         || rig.server().metric("flashsale_writer_queue_depth") == Some(0.0),
     );
-    rig.assert_consistent(sale.id);
+    let out = outcomes(&seen, LIMIT as usize);
+    assert_all_recorded(&rig, sale.id, ITEMS, LIMIT as usize, &seen, &out, false);
 }
 
 /// One checkout on `conn`, recorded in `seen`.
@@ -948,9 +963,7 @@ fn postgres_down_full_writer_queue_sheds_with_503() {
     });
     let out = outcomes(&seen, LIMIT as usize);
     assert_eq!(out.bought.len(), 5, "{:?}", out.bought);
-    assert_purchases_recorded(&rig, sale.id, ITEMS, LIMIT as usize, &out);
-    assert_checkouts_recorded(&rig, sale.id, &seen, false);
-    rig.assert_consistent(sale.id);
+    assert_all_recorded(&rig, sale.id, ITEMS, LIMIT as usize, &seen, &out, false);
 }
 
 /// Redis hung (SIGSTOP) and then down (SHUTDOWN): requests answer 503 fast,
@@ -1097,9 +1110,7 @@ fn redis_down_fails_fast_and_heals() {
     assert!(rig.server_mut().is_running());
 
     let out = outcomes(&seen, LIMIT as usize);
-    assert_purchases_recorded(&rig, sale.id, ITEMS, LIMIT as usize, &out);
-    assert_checkouts_recorded(&rig, sale.id, &seen, false);
-    rig.assert_consistent(sale.id);
+    assert_all_recorded(&rig, sale.id, ITEMS, LIMIT as usize, &seen, &out, false);
 }
 
 /// Redis SHUTDOWN and restart from its AOF mid-sale, the same users buying
@@ -1162,9 +1173,7 @@ fn redis_restart_from_aof_keeps_items_and_limits() {
         per_user.values().filter(|n| **n == LIMIT as usize).count() >= 10,
         "too few users reached the limit to judge it: {per_user:?}"
     );
-    assert_purchases_recorded(&rig, sale.id, ITEMS, LIMIT as usize, &out);
-    assert_checkouts_recorded(&rig, sale.id, &seen, false);
-    rig.assert_consistent(sale.id);
+    assert_all_recorded(&rig, sale.id, ITEMS, LIMIT as usize, &seen, &out, false);
 }
 
 /// SIGTERM / SIGINT under load: stop accepting, finish in-flight requests,
@@ -1233,9 +1242,7 @@ fn graceful_stop_under_load(sig: i32) {
             "purchase {code} was processed (status {status:?}) but its answer never came"
         );
     }
-    assert_purchases_recorded(&rig, sale.id, ITEMS, LIMIT as usize, &out);
-    assert_checkouts_recorded(&rig, sale.id, &seen, true);
-    rig.assert_consistent(sale.id);
+    assert_all_recorded(&rig, sale.id, ITEMS, LIMIT as usize, &seen, &out, true);
 }
 
 #[test]

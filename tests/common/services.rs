@@ -56,6 +56,16 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Spawns `cmd` with stdout and stderr appended to `log`, no stdin, and
+/// killed with the test process.
+fn spawn_logged(cmd: &mut Command, log: File) -> std::io::Result<Child> {
+    die_with_parent(cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+}
+
 /// Whether a process with this pid exists (and is no zombie).
 fn pid_alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
@@ -293,12 +303,7 @@ impl PrivateRedis {
             .args(["--save", ""])
             .args(["--daemonize", "no"])
             .args(["--databases", "4"]);
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
+        let child = spawn_logged(&mut cmd, log)
             .unwrap_or_else(|e| panic!("spawn redis-server (is it installed?): {e}"));
         self.child = Some(child);
         let ok = wait_until(SERVICE_DEADLINE, || self.ping());
@@ -741,13 +746,7 @@ impl Rig {
         for (k, v) in &self.config.env {
             cmd.env(k, v);
         }
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn flashsale: {e}"));
+        let child = spawn_logged(&mut cmd, log).unwrap_or_else(|e| panic!("spawn flashsale: {e}"));
         self.server = Some(Flashsale {
             addr,
             log_path,
