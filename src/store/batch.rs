@@ -101,9 +101,8 @@ pub(crate) struct KnownUsers {
 
 impl KnownUsers {
     pub(crate) fn new(capacity: usize) -> Self {
-        // Sized once: growing a table of a million ids rehashes it again and again.
         KnownUsers {
-            ids: HashSet::with_capacity_and_hasher(capacity, Default::default()),
+            ids: HashSet::default(),
             capacity,
         }
     }
