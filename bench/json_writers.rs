@@ -1,6 +1,6 @@
 //! simd-json's serde serializer against serde_json's, on the server's real
-//! response types (`src/api/json.rs`, `src/http/response.rs`, included by
-//! path), each writing into one reused `Vec<u8>` as a connection does.
+//! response types (`flashsale::api::json`, `flashsale::http::response`), each
+//! writing into one reused `Vec<u8>` as a connection does.
 //!
 //!     cargo bench --bench json_writers                 # timing, both writers alternating
 //!     cargo bench --bench json_writers -- count W CASE N   # N bodies of CASE with writer W
@@ -16,26 +16,13 @@
 //! per body, which do not depend on what else the machine runs
 //! (`bench/json_callgrind.sh` runs every writer and case).
 
-// The included modules carry more than this uses, and cargo builds benches
-// with cfg(test), which brings in their test modules without their tests.
-#![allow(dead_code, unused_imports)]
-
-#[path = "../src/api/json.rs"]
-mod json;
-#[path = "../src/http/response.rs"]
-mod response;
-/// `response` where `src/api/json.rs` looks for it.
-mod http {
-    pub(crate) use super::response;
-}
-
 use std::hint::black_box;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use json::{ActiveSaleBody, CheckoutBody, ItemBody, ItemsBody, PurchaseBody};
-use response::ErrorBody;
+use flashsale::api::json::{ActiveSaleBody, CheckoutBody, ItemBody, ItemsBody, PurchaseBody};
+use flashsale::http::response::ErrorBody;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -184,8 +171,8 @@ fn run_case<W: JsonWriter>(case: &str, fx: &Fixtures, out: &mut Vec<u8>, iterati
         "active-sale" => {
             let body = ActiveSaleBody {
                 sale_id: SALE,
-                starts_at: json::rfc3339(1_778_083_200),
-                ends_at: json::rfc3339(1_778_086_800),
+                starts_at: flashsale::api::json::rfc3339(1_778_083_200),
+                ends_at: flashsale::api::json::rfc3339(1_778_086_800),
                 items_total: 10_000,
                 items_sold: 4_242,
             };

@@ -12,9 +12,6 @@
 //!     cargo build --release --example bare_responder
 //!     target/release/examples/bare_responder 127.0.0.1:18081 2
 
-#[path = "../src/net.rs"]
-mod net;
-#[path = "shell/mod.rs"]
 mod shell;
 
 use monoio::io::AsyncWriteRentExt;
@@ -37,7 +34,7 @@ async fn serve(mut stream: TcpStream) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     loop {
-        let (res, read) = net::read_append(&mut stream, buf, READ_CHUNK / 2).await;
+        let (res, read) = flashsale::net::read_append(&mut stream, buf, READ_CHUNK / 2).await;
         buf = read;
         match res {
             Ok(0) | Err(_) => return,

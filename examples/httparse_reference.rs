@@ -1,28 +1,19 @@
 //! The same minimal 404 server as `monoio_http_reference`, but speaking HTTP
-//! through flashsale's own layer (`src/http`: httparse plus our response
-//! writer and connection loop), included by path. Comparing the two isolates
-//! the codec and connection loop from the rest of the server (Redis client,
-//! writer thread, metrics). See bench/codec/README.md.
+//! through flashsale's own layer (`flashsale::http`: httparse plus our
+//! response writer and connection loop). Comparing the two isolates the codec
+//! and connection loop from the rest of the server (Redis client, writer
+//! thread, metrics). See bench/codec/README.md.
 //!
 //!     cargo build --release --example httparse_reference
 //!     target/release/examples/httparse_reference 127.0.0.1:8082 1
 
-#![allow(dead_code)]
-
-#[path = "../src/event.rs"]
-mod event;
-#[path = "../src/http/mod.rs"]
-mod http;
-#[path = "../src/net.rs"]
-mod net;
-#[path = "shell/mod.rs"]
 mod shell;
 
 use monoio::net::TcpStream;
 
-use crate::http::request::ParseError;
-use crate::http::response::{ResponseHead, error_body};
-use crate::http::{Handler, Limits, RequestHead};
+use flashsale::http::request::ParseError;
+use flashsale::http::response::{ResponseHead, error_body};
+use flashsale::http::{Handler, Limits, RequestHead};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,7 +33,7 @@ impl Handler for NotFound {
     }
 
     fn reject(&self, error: ParseError, out: &mut Vec<u8>) -> ResponseHead {
-        let (status, code, message) = http::conn::parse_error_status(error);
+        let (status, code, message) = flashsale::http::conn::parse_error_status(error);
         error_body(out, code, message);
         ResponseHead::json(status)
     }
@@ -54,8 +45,8 @@ fn main() {
         "127.0.0.1:8082",
         |stream: TcpStream| async move {
             let limits = Limits::default();
-            let shutdown = event::Event::new();
-            http::conn::serve(stream, &NotFound, &limits, &shutdown).await;
+            let shutdown = flashsale::event::Event::new();
+            flashsale::http::conn::serve(stream, &NotFound, &limits, &shutdown).await;
         },
     );
 }

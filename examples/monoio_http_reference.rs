@@ -14,7 +14,6 @@
 //! target/release/examples/monoio_http_reference [ADDR] [THREADS]   # 127.0.0.1:8081 1
 //! ```
 
-#[path = "shell/mod.rs"]
 mod shell;
 
 use std::time::Duration;

@@ -39,7 +39,7 @@ cargo clippy --all-targets -- -D warnings
 
 # The binary's unit tests and the integration tests; examples (bench/codec's
 # references) are built by clippy above and are not test targets.
-stage "test: cargo test --bins --tests $*"
-cargo test --bins --tests "$@"
+stage "test: cargo test --lib --bins --tests $*"
+cargo test --lib --bins --tests "$@"
 
 stage "all stages passed"

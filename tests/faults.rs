@@ -378,7 +378,7 @@ fn pg_purchases(pg: &mut postgres::Client, sale_id: i64) -> BTreeMap<i64, (i64, 
 /// Item ids whose bit is set in the sale's Redis sold bitmap.
 fn redis_sold(redis: &mut redis::Connection, sale_id: i64, items: u32) -> BTreeSet<i64> {
     let bitmap: Vec<u8> = redis::cmd("GET")
-        .arg(format!("{{sale:{sale_id}}}:sold"))
+        .arg(keys::sold(sale_id))
         .query::<Option<Vec<u8>>>(redis)
         .expect("GET sold bitmap")
         .unwrap_or_default();
@@ -395,7 +395,7 @@ fn redis_sold(redis: &mut redis::Connection, sale_id: i64, items: u32) -> BTreeS
 
 fn outbox_len(redis: &mut redis::Connection, sale_id: i64) -> i64 {
     redis::cmd("XLEN")
-        .arg(format!("{{sale:{sale_id}}}:outbox"))
+        .arg(keys::outbox(sale_id))
         .query(redis)
         .expect("XLEN outbox")
 }
@@ -459,7 +459,7 @@ fn assert_purchases_recorded(rig: &Rig, sale_id: i64, items: u32, limit: usize, 
             "user {user} has {n} purchases in Postgres, limit {limit}"
         );
         let bought: Option<i64> = redis::cmd("HGET")
-            .arg(format!("{{sale:{sale_id}}}:user:{user}"))
+            .arg(keys::user(sale_id, *user))
             .arg("bought")
             .query(&mut redis)
             .expect("HGET bought");
@@ -470,7 +470,7 @@ fn assert_purchases_recorded(rig: &Rig, sale_id: i64, items: u32, limit: usize, 
         );
     }
     let meta_sold: Option<i64> = redis::cmd("HGET")
-        .arg(format!("{{sale:{sale_id}}}:meta"))
+        .arg(keys::meta(sale_id))
         .arg("sold")
         .query(&mut redis)
         .expect("HGET meta sold");
@@ -1233,7 +1233,7 @@ fn graceful_stop_under_load(sig: i32) {
     // are finished and answered, only unread ones are dropped.
     for code in &out.unknown {
         let status: Option<String> = redis::cmd("HGET")
-            .arg(format!("{{sale:{}}}:code:{code}", sale.id))
+            .arg(keys::code(sale.id, code))
             .arg("status")
             .query(&mut redis)
             .expect("HGET code status");
@@ -1367,7 +1367,7 @@ fn redis_data_loss_is_restored_from_postgres() {
         "the sale is back in Redis with its 3 sold items",
         || {
             let sold: Option<i64> = redis::cmd("HGET")
-                .arg(format!("{{sale:{}}}:meta", sale.id))
+                .arg(keys::meta(sale.id))
                 .arg("sold")
                 .query(&mut redis)
                 .unwrap_or(None);
@@ -1376,7 +1376,7 @@ fn redis_data_loss_is_restored_from_postgres() {
     );
     for n in 1..=3u32 {
         let bit: i64 = redis::cmd("GETBIT")
-            .arg(format!("{{sale:{}}}:sold", sale.id))
+            .arg(keys::sold(sale.id))
             .arg(n - 1)
             .query(&mut redis)
             .expect("GETBIT");

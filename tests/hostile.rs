@@ -901,7 +901,7 @@ fn malformed_and_hostile_requests_get_4xx_and_change_nothing() {
     let mut redis = s.redis();
     eventually(Duration::from_secs(10), "the outbox drained", || {
         let len: i64 = redis::cmd("XLEN")
-            .arg(format!("{{sale:{}}}:outbox", sale.id))
+            .arg(keys::outbox(sale.id))
             .query(&mut redis)
             .expect("XLEN");
         len == 0
@@ -910,7 +910,7 @@ fn malformed_and_hostile_requests_get_4xx_and_change_nothing() {
     let redis_before = redis_snapshot(&s);
     let dbsize_before: i64 = redis::cmd("DBSIZE").query(&mut redis).expect("DBSIZE");
     let pg_before = pg_counts(&s);
-    let meta_key = format!("{{sale:{}}}:meta", sale.id);
+    let meta_key = keys::meta(sale.id);
     assert!(redis_before.contains_key(&meta_key), "{redis_before:?}");
 
     let corpus = hostile_corpus(sale.id, &open_code);

@@ -29,8 +29,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use simd_json::OwnedValue;
 use simd_json::prelude::*;
 
-/// Item ids of sale `S` are `S * ITEM_ID_STRIDE + n` for `n` in `1..=items`.
-pub const ITEM_ID_STRIDE: i64 = 1_000_000;
+/// Redis key names of a sale, as the server and its scripts use them.
+#[allow(unused_imports)]
+pub use flashsale::redis_client::keys;
+/// The id of item `n` of a sale, as the server numbers them.
+pub use flashsale::sale::item_id;
 
 /// How long a test waits for Postgres to show what Redis already decided.
 pub const PG_DEADLINE: Duration = Duration::from_secs(10);
@@ -40,10 +43,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long the server may take to answer `/health` after it was spawned.
 const START_DEADLINE: Duration = Duration::from_secs(30);
-
-pub fn item_id(sale_id: i64, n: u32) -> i64 {
-    sale_id * ITEM_ID_STRIDE + i64::from(n)
-}
 
 // ---------------------------------------------------------------------------
 // environment
@@ -632,24 +631,14 @@ fn parse_rfc3339_utc(s: &str) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + mi * 60 + sec - offset)
 }
 
-/// A well-formed code that no one was given: `<sale>-<32 hex>`.
+/// A well-formed code that no one was given.
 pub fn random_code(sale_id: i64) -> String {
-    let mut rng = Rng::seeded();
-    format!("{sale_id}-{:016x}{:016x}", rng.next_u64(), rng.next_u64())
+    flashsale::sale::code::new_code(sale_id)
 }
 
-/// Whether `code` looks like `<sale_id>-<32 lowercase hex digits>`.
+/// Whether `code` is a well-formed code of sale `sale_id`.
 pub fn code_is_well_formed(code: &str, sale_id: i64) -> bool {
-    match code.split_once('-') {
-        Some((sale, random)) => {
-            sale == sale_id.to_string()
-                && random.len() == 32
-                && random
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        }
-        None => false,
-    }
+    flashsale::sale::code::parse_code(code) == Some(sale_id)
 }
 
 /// A small xorshift generator: tests need spread, not cryptography.

@@ -1,0 +1,184 @@
+//! The process: reads the configuration, applies migrations, starts the
+//! Postgres writer, the rotator and the core threads, then waits for
+//! SIGTERM/SIGINT and shuts down in order: cores (stop accepting, finish
+//! in-flight requests), rotator, writer (flush what the cores handed over).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::config::{Cli, Command, Config};
+use crate::error::Result;
+use crate::http::Limits;
+use crate::redis_client::RedisTarget;
+use crate::redis_client::scripts::Scripts;
+use crate::sale::schedule::SharedSchedule;
+use crate::store::PostgresHealth;
+use crate::{check, error, logging, rotator, server, store};
+
+/// Runs the command `cli` names (`serve` when none) and returns the exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    let (json, filter) = cli.config.log_format();
+    logging::init(json, &filter);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config),
+        Command::Check { sale } => {
+            let status = check::run(&cli.config.redis_url, &cli.config.database_url, sale);
+            return ExitCode::from(status);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "flashsale stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then shuts down in order.
+pub fn serve(config: Config) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| error::Error::with_cause(error::ErrorKind::Config, "signal handler", e))?;
+    }
+
+    // Decided first, so that `--driver io-uring` on a host without it fails at once.
+    let driver = server::resolve_driver(config.driver)
+        .map_err(|e| error::Error::with_cause(error::ErrorKind::Config, "driver", e))?;
+    tracing::info!(
+        driver = driver.name(),
+        requested = %config.driver,
+        "core IO driver"
+    );
+
+    let redis = RedisTarget::parse(&config.redis_url)?;
+    let pool = store::pool(&config.database_url, config.pg_pool_size)?;
+    let migrated = migrate_if_postgres_is_up(&pool, &stop);
+
+    let scripts = Arc::new(Scripts::new());
+    let schedule = Arc::new(SharedSchedule::default());
+    let postgres = Arc::new(PostgresHealth::default());
+    postgres.set(true);
+
+    let (records, records_rx) = store::record_channel(config.writer_queue);
+    let writer = store::writer::spawn(
+        store::writer::WriterConfig {
+            batch_rows: config.writer_batch.max(1),
+            flush_after: config.writer_flush(),
+            redis_url: config.redis_url.clone(),
+        },
+        pool.clone(),
+        records_rx,
+        postgres.clone(),
+    )
+    .map_err(|e| error::Error::with_cause(error::ErrorKind::Internal, "writer thread", e))?;
+
+    let rotator_stop = Arc::new(AtomicBool::new(false));
+    let rotator = rotator::spawn(
+        rotator::RotatorConfig {
+            period_secs: config.sale_period_secs as i64,
+            items: config.sale_items,
+            user_limit: config.user_limit,
+            redis_url: config.redis_url.clone(),
+            redis_timeout: config.redis_timeout().max(Duration::from_secs(1)),
+            retention_ms: config.retention_ms(),
+        },
+        pool.clone(),
+        schedule.clone(),
+        scripts.clone(),
+        migrated,
+        rotator_stop.clone(),
+    )
+    .map_err(|e| error::Error::with_cause(error::ErrorKind::Internal, "rotator thread", e))?;
+    wait_for_first_sale(&schedule, &stop);
+
+    let cores_stop = Arc::new(AtomicBool::new(false));
+    let cores = server::start_cores(
+        config.core_count(),
+        server::CoreSetup {
+            driver,
+            listen: config.listen,
+            redis,
+            redis_timeout: config.redis_timeout(),
+            redis_batching: config.redis_batching(),
+            scripts,
+            schedule,
+            records,
+            postgres,
+            limits: Limits {
+                max_request_line_bytes: config.max_request_line_bytes,
+                max_header_bytes: config.max_header_bytes,
+                max_headers: config.max_headers,
+                max_body_bytes: config.max_body_bytes,
+                idle_timeout: config.idle_timeout(),
+                read_timeout: config.read_timeout(),
+            },
+            retention_ms: config.retention_ms(),
+            max_conns: config.max_conns_per_core,
+            max_in_flight: config.max_inflight_per_core,
+            shutdown_timeout: config.shutdown_timeout(),
+            shutdown: cores_stop.clone(),
+        },
+    )
+    .map_err(|e| error::Error::with_cause(error::ErrorKind::Config, "listen", e))?;
+    tracing::info!(
+        listen = %config.listen,
+        cores = cores.len(),
+        driver = driver.name(),
+        "flashsale serving"
+    );
+
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    cores_stop.store(true, Ordering::Relaxed);
+    for core in cores {
+        let _ = core.join();
+    }
+    rotator_stop.store(true, Ordering::Relaxed);
+    let _ = rotator.join();
+    // Every RecordSender is gone with the cores: the writer drains and exits.
+    writer.shutdown_and_join(config.shutdown_timeout());
+    tracing::info!("flashsale stopped cleanly");
+    Ok(())
+}
+
+/// Applies migrations if Postgres answers within a few seconds. Otherwise the
+/// server starts anyway: the rotator applies them once Postgres is back, and
+/// meanwhile serves the sale it had prepared from its Redis index.
+fn migrate_if_postgres_is_up(pool: &store::PgPool, stop: &AtomicBool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store::migrate::migrate(pool) {
+            Ok(()) => return true,
+            Err(e) if Instant::now() >= deadline || stop.load(Ordering::Relaxed) => {
+                tracing::warn!(error = %e, "postgres unavailable at start; starting without it");
+                return false;
+            }
+            Err(_) => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Waits (at most a few seconds) until the rotator has published a sale, so
+/// that a fresh server does not answer its first requests with 503.
+fn wait_for_first_sale(schedule: &SharedSchedule, stop: &AtomicBool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while schedule.snapshot().sales.is_empty() && !stop.load(Ordering::Relaxed) {
+        if Instant::now() > deadline {
+            tracing::warn!("no sale prepared yet; serving 503 no_active_sale until there is one");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
