@@ -5,11 +5,25 @@
 #   scripts/services.sh stop     stop both
 #   scripts/services.sh status   print both states; exit 0 only if both are up
 #
+# A local Redis Cluster (3 masters with one replica each), separate from the
+# single-node Redis above and untouched by start/stop/status:
+#   scripts/services.sh cluster-start    start the nodes, form the cluster (or repair
+#                                        it), wait until it is ok with every replica
+#                                        attached; prints REDIS_URL (the seed list)
+#   scripts/services.sh cluster-stop     stop every node (data kept)
+#   scripts/services.sh cluster-status   one line per node; exit 0 only if healthy
+#   scripts/services.sh cluster-reset    stop every node and remove its data
+#
 # Everything lives under .local/ in the repository root (git-ignored):
-#   .local/redis/   redis.conf (generated), AOF, pid file, log
-#   .local/pg/      data/ (the cluster), sock/ (unix socket), postgres.log
+#   .local/redis/          redis.conf (generated), AOF, pid file, log
+#   .local/pg/             data/ (the cluster), sock/ (unix socket), postgres.log
+#   .local/redis-cluster/  one directory per node port: redis.conf, nodes.conf,
+#                          AOF, pid file, log
 #
 # Ports: REDIS_PORT (default 6379), PG_PORT (default 5432); both bound to 127.0.0.1 only.
+# Cluster nodes: REDIS_CLUSTER_PORTS, a range or a comma list of an even number (>= 6)
+# of ports (default 7000-7005; each node also takes its port + 10000 for the cluster
+# bus); REDIS_CLUSTER_NODE_TIMEOUT_MS (default 2000, so that a failover takes seconds).
 # PostgreSQL refuses to run as root, so it runs as the system user `flashsale-pg`.
 # Idempotent: `start` on running services is a no-op (it re-checks role and database).
 set -euo pipefail
@@ -436,6 +450,447 @@ pg_status() {
   return 1
 }
 
+# ---------------------------------------------------------------------------
+# Redis Cluster (cluster-start / cluster-stop / cluster-status / cluster-reset)
+# ---------------------------------------------------------------------------
+
+CLUSTER_DIR="$LOCAL/redis-cluster"
+CLUSTER_NODE_TIMEOUT_MS="${REDIS_CLUSTER_NODE_TIMEOUT_MS:-2000}"
+CLUSTER_PORTS=()
+# Set by cluster_healthy when it returns 1: what is wrong, for the user.
+CLUSTER_PROBLEM=""
+
+parse_cluster_ports() {
+  local spec="${REDIS_CLUSTER_PORTS:-7000-7005}" p seen=" "
+  CLUSTER_PORTS=()
+  if [[ $spec =~ ^([0-9]+)-([0-9]+)$ ]]; then
+    for ((p = BASH_REMATCH[1]; p <= BASH_REMATCH[2]; p++)); do CLUSTER_PORTS+=("$p"); done
+  elif [[ $spec =~ ^[0-9]+(,[0-9]+)*$ ]]; then
+    IFS=, read -r -a CLUSTER_PORTS <<<"$spec"
+  else
+    die "REDIS_CLUSTER_PORTS=$spec: expected a range (7000-7005) or a comma list (7000,7001,...)"
+  fi
+  local n=${#CLUSTER_PORTS[@]}
+  ((n >= 6 && n % 2 == 0)) ||
+    die "REDIS_CLUSTER_PORTS=$spec names $n ports; the cluster needs an even number >= 6 (at least 3 masters, one replica each)"
+  for p in "${CLUSTER_PORTS[@]}"; do
+    ((p >= 1024 && p + 10000 <= 65535)) || die "cluster port $p out of range (1024..55535: the bus port is port + 10000)"
+    [[ $seen != *" $p "* ]] || die "REDIS_CLUSTER_PORTS=$spec names port $p twice"
+    ((p != REDIS_PORT && p != PG_PORT && p + 10000 != REDIS_PORT && p + 10000 != PG_PORT)) ||
+      die "cluster port $p (or its bus port $((p + 10000))) collides with REDIS_PORT or PG_PORT"
+    seen="$seen$p "
+  done
+}
+
+ensure_redis_cluster_tools() {
+  # Only install: unlike `start`, the cluster leaves any other redis-server alone.
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    apt_install redis-server redis-tools
+  fi
+}
+
+node_dir() { echo "$CLUSTER_DIR/$1"; }
+node_pid_file() { echo "$CLUSTER_DIR/$1/redis.pid"; }
+ncli() {
+  local port="$1"
+  shift
+  redis-cli -h 127.0.0.1 -p "$port" "$@"
+}
+node_answers() { [[ $(ncli "$1" ping 2>/dev/null || true) == PONG ]]; }
+node_is_ours() {
+  local dir
+  dir="$(ncli "$1" --raw config get dir 2>/dev/null | sed -n 2p || true)"
+  [[ $dir == "$(node_dir "$1")" ]]
+}
+node_pid() { cat "$(node_pid_file "$1")" 2>/dev/null || true; }
+# The pid file's process is alive and still a redis-server (a kill -9 leaves the
+# file behind, and its pid may be reused).
+node_pid_alive() {
+  local pid
+  pid="$(node_pid "$1")"
+  pid_alive "$pid" && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == redis-server ]]
+}
+# Something accepts connections on 127.0.0.1:$1 (whatever it is).
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# One field of a node's CLUSTER INFO or INFO <section> (CRs stripped).
+cluster_info_field() { ncli "$1" cluster info 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"; }
+info_field() { ncli "$1" info "$2" 2>/dev/null | tr -d '\r' | sed -n "s/^$3://p"; }
+# The node's own line of CLUSTER NODES: id addr flags master-id ping pong epoch link slots...
+node_self_line() { ncli "$1" cluster nodes 2>/dev/null | tr -d '\r' | grep -m1 ' myself' || true; }
+
+write_node_conf() {
+  local port="$1" dir
+  dir="$(node_dir "$port")"
+  mkdir -p "$dir"
+  cat >"$dir/redis.conf.tmp" <<EOF
+# Generated by scripts/services.sh; edits are overwritten on every cluster-start.
+bind 127.0.0.1
+port $port
+protected-mode yes
+daemonize yes
+dir $dir
+pidfile $dir/redis.pid
+logfile $dir/redis.log
+cluster-enabled yes
+# the node's view of the cluster, rewritten by redis itself
+cluster-config-file nodes.conf
+# a master unreachable this long is failed over to its replica
+cluster-node-timeout $CLUSTER_NODE_TIMEOUT_MS
+maxclients 10000
+tcp-backlog 511
+# durability as the single node: AOF only, fsync once a second
+save ""
+appendonly yes
+appendfsync everysec
+appendfilename "appendonly.aof"
+auto-aof-rewrite-percentage 100
+auto-aof-rewrite-min-size 1gb
+lazyfree-lazy-expire yes
+EOF
+  mv "$dir/redis.conf.tmp" "$dir/redis.conf"
+}
+
+start_node() {
+  local port="$1" dir
+  dir="$(node_dir "$port")"
+  write_node_conf "$port"
+  log "starting cluster node 127.0.0.1:$port (dir $dir)"
+  (
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    redis-server "$dir/redis.conf"
+  ) || die "redis-server failed to start on port $port; see $dir/redis.log"
+}
+
+# Up to $1 seconds for every node to answer PING (a node loading its AOF answers LOADING).
+wait_nodes_answer() {
+  local deadline=$((SECONDS + $1)) port all
+  while ((SECONDS < deadline)); do
+    all=1
+    for port in "${CLUSTER_PORTS[@]}"; do
+      node_answers "$port" || { all=0; break; }
+    done
+    [[ $all -eq 1 ]] && return 0
+    sleep 0.1
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    node_answers "$port" || { tail -n 20 "$(node_dir "$port")/redis.log" >&2 || true; die "cluster node 127.0.0.1:$port did not answer PING within ${1}s"; }
+  done
+}
+
+# 0 when every node says cluster_state:ok, knows exactly the configured nodes, all
+# 16384 slots are served by N/2 masters and each master has a replica whose link is
+# up. Otherwise 1, with CLUSTER_PROBLEM saying what is wrong.
+cluster_healthy() {
+  local n=${#CLUSTER_PORTS[@]} port state known slots role
+  local masters=0 replicas=0
+  for port in "${CLUSTER_PORTS[@]}"; do
+    if ! node_answers "$port"; then
+      CLUSTER_PROBLEM="node 127.0.0.1:$port is down"
+      return 1
+    fi
+    state="$(cluster_info_field "$port" cluster_state)"
+    known="$(cluster_info_field "$port" cluster_known_nodes)"
+    slots="$(cluster_info_field "$port" cluster_slots_ok)"
+    if [[ $state != ok ]]; then
+      CLUSTER_PROBLEM="node 127.0.0.1:$port says cluster_state:${state:-?}"
+      return 1
+    fi
+    if [[ $known != "$n" ]]; then
+      CLUSTER_PROBLEM="node 127.0.0.1:$port knows ${known:-?} nodes, not $n"
+      return 1
+    fi
+    if [[ $slots != 16384 ]]; then
+      CLUSTER_PROBLEM="node 127.0.0.1:$port sees ${slots:-?} of 16384 slots ok"
+      return 1
+    fi
+    role="$(info_field "$port" replication role)"
+    if [[ $role == master ]]; then
+      if ! node_self_line "$port" | awk 'NF < 9 { exit 1 }'; then
+        CLUSTER_PROBLEM="node 127.0.0.1:$port is a master without slots (it should be a replica)"
+        return 1
+      fi
+      if [[ $(info_field "$port" replication connected_slaves) -lt 1 ]]; then
+        CLUSTER_PROBLEM="master 127.0.0.1:$port has no replica attached"
+        return 1
+      fi
+      masters=$((masters + 1))
+    else
+      if [[ $(info_field "$port" replication master_link_status) != up ]]; then
+        CLUSTER_PROBLEM="replica 127.0.0.1:$port has its link to its master down"
+        return 1
+      fi
+      replicas=$((replicas + 1))
+    fi
+  done
+  if ((masters != n / 2 || replicas != n / 2)); then
+    CLUSTER_PROBLEM="$masters masters and $replicas replicas, expected $((n / 2)) of each"
+    return 1
+  fi
+  CLUSTER_PROBLEM=""
+  return 0
+}
+
+wait_cluster_healthy() {
+  local deadline=$((SECONDS + $1))
+  while ((SECONDS < deadline)); do
+    cluster_healthy && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# Every node knows only itself and has no slot: nothing was ever formed (or all was reset).
+cluster_is_fresh() {
+  local port
+  for port in "${CLUSTER_PORTS[@]}"; do
+    [[ $(cluster_info_field "$port" cluster_known_nodes) == 1 && $(cluster_info_field "$port" cluster_slots_assigned) == 0 ]] || return 1
+  done
+}
+
+# Some node knows only itself (its data was removed, or it was reset): it will not
+# find the others by itself.
+cluster_has_loner() {
+  local port
+  for port in "${CLUSTER_PORTS[@]}"; do
+    [[ $(cluster_info_field "$port" cluster_known_nodes) == 1 ]] && return 0
+  done
+  return 1
+}
+
+cluster_create() {
+  local port addrs=()
+  for port in "${CLUSTER_PORTS[@]}"; do
+    if [[ $(ncli "$port" dbsize 2>/dev/null) != 0 ]]; then
+      die "node 127.0.0.1:$port holds keys but belongs to no cluster; cannot form one (scripts/services.sh cluster-reset removes the nodes' data)"
+    fi
+    addrs+=("127.0.0.1:$port")
+  done
+  log "forming the cluster: $((${#addrs[@]} / 2)) masters with one replica each"
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$CLUSTER_DIR/create.log" 2>&1 ||
+    { cat "$CLUSTER_DIR/create.log" >&2; die "redis-cli --cluster create failed"; }
+}
+
+# Brings nodes that lost their way back into the one cluster: forgets node ids that
+# no configured node has any more (a node whose data was removed comes back with a
+# new id), introduces every node to the first, assigns uncovered slots, and makes
+# masters without slots replicas of masters without a replica.
+cluster_repair() {
+  local port id first="${CLUSTER_PORTS[0]}" live=" " n=${#CLUSTER_PORTS[@]} n_ok
+  log "cluster not healthy ($CLUSTER_PROBLEM); repairing"
+  for port in "${CLUSTER_PORTS[@]}"; do
+    live="$live$(ncli "$port" cluster myid | tr -d '\r') "
+  done
+  # A replica whose master's id is lost (that node's data was removed: it can never
+  # come back) takes over its master's slots at once, without a vote. Waiting for
+  # an ordinary failover would be in vain when a fresh node already answers on the
+  # old address: the others mark the old id "noaddr" and never fail it.
+  local self master_id deadline
+  for port in "${CLUSTER_PORTS[@]}"; do
+    self="$(node_self_line "$port")"
+    [[ $self == *slave* ]] || continue
+    master_id="$(awk '{ print $4 }' <<<"$self")"
+    [[ $live == *" $master_id "* ]] && continue
+    log "node 127.0.0.1:$port: its master $master_id is gone; taking over its slots (CLUSTER FAILOVER TAKEOVER)"
+    ncli "$port" cluster failover takeover >/dev/null
+    deadline=$((SECONDS + WAIT_SECS))
+    while [[ $(info_field "$port" replication role) != master ]] && ((SECONDS < deadline)); do sleep 0.1; done
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    for id in $(ncli "$port" cluster nodes | tr -d '\r' | awk '{ print $1 }'); do
+      if [[ $live != *" $id "* ]]; then
+        log "node 127.0.0.1:$port: forgetting $id (no configured node has that id any more)"
+        ncli "$port" cluster forget "$id" >/dev/null 2>&1 || true
+      fi
+    done
+  done
+  for port in "${CLUSTER_PORTS[@]:1}"; do
+    ncli "$port" cluster meet 127.0.0.1 "$first" >/dev/null
+  done
+  deadline=$((SECONDS + WAIT_SECS))
+  while ((SECONDS < deadline)); do
+    n_ok=1
+    for port in "${CLUSTER_PORTS[@]}"; do
+      [[ $(cluster_info_field "$port" cluster_known_nodes) == "$n" ]] || { n_ok=0; break; }
+    done
+    [[ $n_ok -eq 1 ]] && break
+    sleep 0.1
+  done
+  if [[ $(cluster_info_field "$first" cluster_slots_assigned) != 16384 ]]; then
+    log "assigning uncovered slots (redis-cli --cluster fix)"
+    # (--cluster-yes does not answer its question about covering empty slots)
+    { yes yes || true; } | redis-cli --cluster fix "127.0.0.1:$first" --cluster-yes >"$CLUSTER_DIR/fix.log" 2>&1 ||
+      { cat "$CLUSTER_DIR/fix.log" >&2; die "redis-cli --cluster fix failed"; }
+  fi
+  # masters that own slots and have no replica, by id
+  local orphans=() line
+  while read -r line; do
+    orphans+=("$line")
+  done < <(ncli "$first" cluster nodes | tr -d '\r' | awk '
+    $3 ~ /master/ && $3 !~ /fail/ && NF >= 9 { has_slots[$1] = 1 }
+    $3 ~ /slave/ && $3 !~ /fail/ { replicated[$4] = 1 }
+    END { for (id in has_slots) if (!(id in replicated)) print id }')
+  for port in "${CLUSTER_PORTS[@]}"; do
+    ((${#orphans[@]} > 0)) || break
+    if [[ $(info_field "$port" replication role) == master ]] && node_self_line "$port" | awk 'NF >= 9 { exit 1 }'; then
+      log "node 127.0.0.1:$port: master without slots becomes the replica of ${orphans[0]}"
+      ncli "$port" cluster replicate "${orphans[0]}" >/dev/null ||
+        die "node 127.0.0.1:$port refused CLUSTER REPLICATE (holds keys?); scripts/services.sh cluster-reset rebuilds the cluster from scratch"
+      orphans=("${orphans[@]:1}")
+    fi
+  done
+}
+
+cluster_start() {
+  parse_cluster_ports
+  ensure_redis_cluster_tools
+  mkdir -p "$CLUSTER_DIR"
+  local port started=0
+  for port in "${CLUSTER_PORTS[@]}"; do
+    if node_answers "$port"; then
+      node_is_ours "$port" ||
+        die "a redis that is not ours answers on 127.0.0.1:$port; stop it or choose other ports with REDIS_CLUSTER_PORTS"
+      continue
+    fi
+    if node_pid_alive "$port"; then
+      log "cluster node 127.0.0.1:$port is starting (pid $(node_pid "$port"))"
+      continue
+    fi
+    port_taken "$port" && die "port $port is taken by another process; choose other ports with REDIS_CLUSTER_PORTS"
+    port_taken "$((port + 10000))" && die "cluster bus port $((port + 10000)) is taken by another process; choose other ports with REDIS_CLUSTER_PORTS"
+    start_node "$port"
+    started=$((started + 1))
+  done
+  wait_nodes_answer "$WAIT_SECS"
+  if [[ $started -eq 0 ]] && cluster_healthy; then
+    log "redis cluster already running (${CLUSTER_PORTS[*]})"
+    return 0
+  fi
+  if cluster_is_fresh; then
+    cluster_create
+  elif cluster_has_loner; then
+    cluster_healthy || CLUSTER_PROBLEM="a node knows only itself"
+    cluster_repair
+  elif ! wait_cluster_healthy $((CLUSTER_NODE_TIMEOUT_MS * 5 / 1000 + 5)); then
+    # Nodes that were formed once find each other again by themselves (nodes.conf),
+    # and a failover settles within a few node timeouts: repair only what is still
+    # wrong after that.
+    cluster_repair
+  fi
+  if ! wait_cluster_healthy "$WAIT_SECS"; then
+    cluster_status >&2 || true
+    die "redis cluster not healthy within ${WAIT_SECS}s: $CLUSTER_PROBLEM (scripts/services.sh cluster-reset removes the nodes' data; cluster-start then forms a new cluster)"
+  fi
+  log "redis cluster is up"
+}
+
+# Replicas first, so that no replica is promoted while its master stops.
+cluster_stop() {
+  parse_cluster_ports
+  if ! command -v redis-cli >/dev/null 2>&1; then
+    log "redis not installed"
+    return 0
+  fi
+  local port pass role running=0
+  for port in "${CLUSTER_PORTS[@]}"; do
+    node_pid_alive "$port" && running=1
+  done
+  if [[ $running -eq 0 ]]; then
+    log "redis cluster not running"
+    return 0
+  fi
+  for pass in slave master; do
+    for port in "${CLUSTER_PORTS[@]}"; do
+      node_answers "$port" && node_is_ours "$port" || continue
+      role="$(info_field "$port" replication role)"
+      [[ $role == "$pass" ]] || continue
+      log "stopping cluster node 127.0.0.1:$port ($role)"
+      ncli "$port" shutdown >/dev/null 2>&1 || true
+    done
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    if node_pid_alive "$port"; then
+      if node_answers "$port" && node_is_ours "$port"; then
+        ncli "$port" shutdown >/dev/null 2>&1 || true
+      elif ! node_answers "$port"; then
+        kill "$(node_pid "$port")" 2>/dev/null || true
+      fi
+    fi
+  done
+  local alive deadline=$((SECONDS + WAIT_SECS))
+  while ((SECONDS < deadline)); do
+    alive=0
+    for port in "${CLUSTER_PORTS[@]}"; do
+      node_pid_alive "$port" && alive=1
+    done
+    [[ $alive -eq 0 ]] && { log "redis cluster stopped"; return 0; }
+    sleep 0.1
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    if node_pid_alive "$port"; then
+      log "cluster node 127.0.0.1:$port did not stop in time; killing it"
+      kill -9 "$(node_pid "$port")" 2>/dev/null || true
+    fi
+  done
+}
+
+cluster_reset() {
+  cluster_stop
+  if [[ -d $CLUSTER_DIR ]]; then
+    log "removing $CLUSTER_DIR"
+    rm -rf "$CLUSTER_DIR"
+  fi
+}
+
+# One line per node (role, pid, slots or master), then exit 0 only if healthy.
+cluster_status() {
+  parse_cluster_ports
+  local port line flags master_id slots pid up=0 ids
+  for port in "${CLUSTER_PORTS[@]}"; do
+    if node_answers "$port"; then up=$((up + 1)); fi
+  done
+  if [[ $up -eq 0 ]]; then
+    echo "redis-cluster: down (${CLUSTER_PORTS[*]})"
+    return 1
+  fi
+  local rc=0
+  if cluster_healthy; then
+    echo "redis-cluster: up   $(( ${#CLUSTER_PORTS[@]} / 2 )) masters, $(( ${#CLUSTER_PORTS[@]} / 2 )) replicas, cluster_state:ok (dir $CLUSTER_DIR)"
+  else
+    echo "redis-cluster: NOT HEALTHY: $CLUSTER_PROBLEM (dir $CLUSTER_DIR)"
+    rc=1
+  fi
+  for port in "${CLUSTER_PORTS[@]}"; do
+    pid="$(node_pid "$port")"
+    if ! node_answers "$port"; then
+      echo "  127.0.0.1:$port  down"
+      continue
+    fi
+    if ! node_is_ours "$port"; then
+      echo "  127.0.0.1:$port  FOREIGN (not ours)"
+      continue
+    fi
+    ids="$(ncli "$port" cluster nodes | tr -d '\r')"
+    line="$(grep -m1 ' myself' <<<"$ids" || true)"
+    read -r _ _ flags master_id _ _ _ _ slots <<<"$line"
+    if [[ $flags == *master* ]]; then
+      echo "  127.0.0.1:$port  master   pid ${pid:-?}  slots ${slots:-none}"
+    else
+      local master_addr link
+      master_addr="$(awk -v id="$master_id" '$1 == id { sub(/@.*/, "", $2); print $2 }' <<<"$ids")"
+      link="$(info_field "$port" replication master_link_status)"
+      echo "  127.0.0.1:$port  replica  pid ${pid:-?}  of ${master_addr:-?} (link ${link:-?})"
+    fi
+  done
+  return "$rc"
+}
+
+print_cluster_url() {
+  local port urls=()
+  for port in "${CLUSTER_PORTS[@]}"; do urls+=("redis://127.0.0.1:$port"); done
+  local IFS=,
+  echo "REDIS_URL=${urls[*]}"
+}
+
 print_urls() {
   echo "REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
   echo "DATABASE_URL=postgres://$APP_ROLE@127.0.0.1:$PG_PORT/$APP_DB"
@@ -443,7 +898,7 @@ print_urls() {
 
 # ---------------------------------------------------------------------------
 
-usage() { echo "usage: $0 start|stop|status" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|status|cluster-start|cluster-stop|cluster-status|cluster-reset" >&2; exit 2; }
 
 [[ $# -eq 1 ]] || usage
 case "$1" in
@@ -463,5 +918,12 @@ case "$1" in
     pg_status || rc=1
     exit "$rc"
     ;;
+  cluster-start)
+    cluster_start
+    print_cluster_url
+    ;;
+  cluster-stop) cluster_stop ;;
+  cluster-status) cluster_status ;;
+  cluster-reset) cluster_reset ;;
   *) usage ;;
 esac
