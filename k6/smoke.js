@@ -1,4 +1,4 @@
-// Smoke: does a deployment answer as SPEC says? First, in setup(), one pass over the
+// Smoke: does a deployment answer as docs/api.md says? First, in setup(), one pass over the
 // contract (every route, its error codes, idempotent purchase replay, no
 // reservation, the per-user limit); then a few seconds of shoppers at a low constant
 // rate (k6/lib/flashsale.js). Fails on any broken check or failed request; no

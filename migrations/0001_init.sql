@@ -1,5 +1,5 @@
 -- flashsale schema, version 1. Names of tables and the listed columns are part
--- of SPEC's contract (analysts query them); constraints back the invariants.
+-- of the contract (docs/records.md: analysts query them); constraints back the invariants.
 
 CREATE TABLE IF NOT EXISTS sales (
     id             bigserial PRIMARY KEY,

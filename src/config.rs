@@ -1,5 +1,5 @@
-//! Every knob of the server: environment variables and flags (SPEC names),
-//! their defaults and their validation. Nothing else reads the environment.
+//! Every knob of the server: environment variables and flags, their
+//! defaults and their validation (the table in docs/configuration.md). Nothing else reads the environment.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -152,7 +152,8 @@ pub struct Config {
     )]
     pub writer_queue: usize,
 
-    /// Most rows the writer puts in one INSERT.
+    /// Most checkout records the writer commits in one transaction (their new
+    /// users by one INSERT, the checkouts by one COPY).
     #[arg(
         long = "writer-batch",
         env = "FLASHSALE_WRITER_BATCH",
@@ -168,7 +169,7 @@ pub struct Config {
     )]
     pub writer_flush_ms: u64,
 
-    /// Postgres connections in the writer's pool.
+    /// Postgres connections in the pool the writer and the rotator share.
     #[arg(
         long = "pg-pool-size",
         env = "FLASHSALE_PG_POOL_SIZE",

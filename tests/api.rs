@@ -1,4 +1,4 @@
-//! Every endpoint and error code of SPEC's HTTP API, one server per test.
+//! Every endpoint and error code of the HTTP API (docs/api.md), one server per test.
 
 mod common;
 
@@ -13,7 +13,7 @@ fn server(items: u32, limit: u32) -> TestServer {
 }
 
 #[test]
-fn active_sale_has_the_spec_shape() {
+fn active_sale_has_the_documented_shape() {
     let s = server(50, 10);
     let r = s.get("/sales/active");
     r.assert_status(200);
@@ -126,6 +126,52 @@ fn items_are_listed_by_id_with_paging() {
     assert!(!r.str("error").is_empty(), "{r}");
 }
 
+/// The rotator prepares the next sale ahead of its start. Its items can be
+/// listed before it opens (a preview: ids are predictable anyway), but not
+/// checked out until it opens.
+#[test]
+fn the_next_sale_is_listed_before_it_opens_but_cannot_be_checked_out() {
+    let s = server(30, 10);
+    let active = s.active_sale();
+    let mut next = None;
+    eventually(
+        Duration::from_secs(20),
+        "the next sale to be prepared",
+        || {
+            let mut pg = s.pg();
+            next = pg
+                .query_opt(
+                    "SELECT id FROM sales WHERE starts_at > now() ORDER BY starts_at LIMIT 1",
+                    &[],
+                )
+                .expect("query sales")
+                .map(|row| row.get::<_, i64>(0));
+            next.is_some()
+        },
+    );
+    let next = next.expect("found above");
+    assert_ne!(next, active.id);
+
+    let r = s.get(&format!("/sales/{next}/items?limit=1000"));
+    r.assert_status(200);
+    assert_eq!(r.i64("sale_id"), next, "{r}");
+    assert_eq!(r.i64("total"), 30, "{r}");
+    let v = r.json();
+    let items = v["items"].as_array().expect("items is an array");
+    assert_eq!(items.len(), 30, "{r}");
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(
+            item.get("id").and_then(|x| x.as_i64()),
+            Some(item_id(next, i as u32 + 1)),
+            "{item:?}"
+        );
+        assert_eq!(item.get("sold").and_then(|x| x.as_bool()), Some(false));
+    }
+
+    s.checkout(5, item_id(next, 1))
+        .assert_error(404, "item_not_found");
+}
+
 #[test]
 fn sold_flags_and_counters_follow_purchases() {
     let s = server(20, 10);
@@ -221,6 +267,32 @@ fn checkout_rejects_malformed_params() {
         r.assert_error(400, "invalid_params");
     }
     // None of them was recorded, and none opened a checkout.
+    let r = s.checkout(5, item);
+    r.assert_status(200);
+    assert_eq!(r.ids("items"), vec![item]);
+    s.wait_pg_i64("SELECT count(*) FROM checkouts", &[], 1);
+}
+
+#[test]
+fn parameters_in_a_form_body_are_refused_with_a_pointer_to_the_query_string() {
+    let s = server(50, 10);
+    let item = s.active_sale().item(1);
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let checkout_body = format!("user_id=5&id={item}");
+    let purchase_body = format!("code={}", random_code(s.active_sale().id));
+    for (target, body) in [
+        ("/checkout", checkout_body.as_bytes()),
+        ("/purchase", purchase_body.as_bytes()),
+    ] {
+        let r = s.request("POST", target, &form, body);
+        r.assert_error(400, "invalid_params");
+        let message = r.str("message");
+        assert!(
+            message.contains("query string"),
+            "POST {target} with a form body: the message should say where parameters go: {r}"
+        );
+    }
+    // Nothing was checked out or recorded.
     let r = s.checkout(5, item);
     r.assert_status(200);
     assert_eq!(r.ids("items"), vec![item]);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use simd_json::prelude::*;
 
-/// The error codes a rejected request may carry (SPEC's and the README's).
+/// The error codes a rejected request may carry (docs/api.md).
 const CLIENT_ERROR_CODES: [&str; 10] = [
     "bad_request",
     "request_line_too_large",

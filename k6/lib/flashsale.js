@@ -1,6 +1,6 @@
 // Shared by k6/flash_crowd.js, k6/ramp.js and k6/smoke.js: configuration from the
 // environment, the shopper's flow, the response checks (one per route, each
-// following /work/shared/SPEC.md), the custom metrics, the thresholds and the summary.
+// following docs/api.md), the custom metrics, the thresholds and the summary.
 //
 // Nothing here fetches from the network: the scripts run offline (CI included).
 
@@ -65,7 +65,7 @@ export const SUMMARY_JSON = __ENV.SUMMARY_JSON === undefined ? 'k6-summary.json'
 if (CART_SIZE < 1) throw new Error('CART_SIZE must be at least 1');
 if (PAGE_SIZE < 1 || PAGE_SIZE > 1000) throw new Error('PAGE_SIZE must be in 1..1000');
 
-// 409 is an outcome the SPEC expects (sold, limit, nothing bought), not a failure:
+// 409 is an outcome the API expects (sold, limit, nothing bought), not a failure:
 // http_req_failed counts everything else that is not a 200 (404, 410, 503, 5xx,
 // transport errors). Requests that expect another status say so themselves.
 http.setResponseCallback(http.expectedStatuses(200, 409));
@@ -223,7 +223,7 @@ export function getActive(expect) {
   record('active', res);
   const b = jsonBody(res);
   const why = envelope(res, b, ERRORS.active) || (res.status === 200 ? activeShape(b) : null);
-  verdict('active: JSON per SPEC (200 sale fields, or 503 no_active_sale)', why, res);
+  verdict('active: JSON as documented (200 sale fields, or 503 no_active_sale)', why, res);
   return res.status === 200 && why === null ? b : null;
 }
 
@@ -247,7 +247,7 @@ export function getItemsRes(saleId, offset, limit, expect) {
   const b = jsonBody(res);
   const shape = () => itemsShape(b, saleId, offset === undefined ? 0 : offset, limit === undefined ? 100 : limit);
   const why = envelope(res, b, ERRORS.items) || (res.status === 200 ? shape() : null);
-  verdict('items: JSON per SPEC (page ordered by id, each {id,name,image_url,sold})', why, res);
+  verdict('items: JSON as documented (page ordered by id, each {id,name,image_url,sold})', why, res);
   return { res, b: why === null ? b : undefined };
 }
 
@@ -263,7 +263,7 @@ export function checkout(userId, itemId, expect) {
     else if (b.item_id !== itemId) why = `item_id ${b.item_id}, asked for ${itemId}`;
     else if (!isIntArray(b.items) || !b.items.includes(itemId)) why = 'items does not list the item';
   }
-  verdict('checkout: JSON per SPEC (200 code/sale_id/item_id/items, 404/409/503 codes)', why, res);
+  verdict('checkout: JSON as documented (200 code/sale_id/item_id/items, 404/409/503 codes)', why, res);
   if (why === null) {
     if (res.status === 200) m.checkoutAccepted.add(1);
     if (res.status === 404) m.checkoutNotFound.add(1);
@@ -287,7 +287,7 @@ export function purchase(code, { expect, replay } = {}) {
     if (why === null && res.status === 200 && b.purchased.length === 0) why = '200 with nothing purchased';
     if (why === null && res.status === 409 && b.purchased.length !== 0) why = '409 nothing_purchased lists purchased items';
   }
-  verdict('purchase: JSON per SPEC (200 purchased non-empty, 409 nothing_purchased same fields, 404/410)', why, res);
+  verdict('purchase: JSON as documented (200 purchased non-empty, 409 nothing_purchased same fields, 404/410)', why, res);
   if (why === null && !replay) {
     if (res.status === 200) {
       m.purchasesWon.add(1);
@@ -429,7 +429,7 @@ export function shopper(data, { replayRate = REPLAY_RATE } = {}) {
 /**
  * Thresholds that fail the run (k6 exits 99):
  *   http_req_failed rate <= MAX_ERROR_RATE     (not 200 and not 409: 404, 410, 503, 5xx, timeouts)
- *   checks rate >= MIN_CHECK_RATE              (responses that break the SPEC)
+ *   checks rate >= MIN_CHECK_RATE              (responses that break the contract)
  *   latency_<route> p(99) < P99_MS             (each route; P99_MS=0 turns them off)
  *   dropped_iterations <= MAX_DROPPED          (arrivals k6 could not start: VUs all busy)
  * `defaults` gives each knob's default for the scenario; null leaves it out.

@@ -1,4 +1,4 @@
-//! The JSON shapes of SPEC's responses, serialized with serde straight into
+//! The JSON shapes of the responses (docs/api.md), serialized with serde straight into
 //! the connection's body buffer by `http::response::write_json`.
 
 use serde::Serialize;

@@ -1,5 +1,5 @@
-//! Routes: path and method → a sale operation, and SPEC's status codes and
-//! JSON shapes. One `Api` per core; it owns that core's view of the sales,
+//! Routes: path and method → a sale operation, and the status codes and
+//! JSON shapes of docs/api.md. One `Api` per core; it owns that core's view of the sales,
 //! its known-sold map, its Redis client and its end of the writer channel.
 
 mod checkout;
@@ -86,6 +86,12 @@ pub const REDIS_UNAVAILABLE: Reject = Reject::new(
     "redis_unavailable",
     "the sale store is unavailable; retry shortly",
 );
+/// Parameters sent in a form body instead of the query string.
+pub const PARAMS_IN_BODY: Reject = Reject::new(
+    400,
+    "invalid_params",
+    "parameters go in the query string (POST /checkout?user_id=..&id=.., POST /purchase?code=..), not in the request body",
+);
 pub const INTERNAL: Reject = Reject::new(500, "internal", "internal error");
 
 impl From<params::InvalidParams> for Reject {
@@ -167,7 +173,12 @@ impl Api {
         server_reply(value).map_err(Reject::from)
     }
 
-    async fn route(&self, head: &RequestHead<'_>, body: &mut Vec<u8>) -> (Route, Answer) {
+    async fn route(
+        &self,
+        head: &RequestHead<'_>,
+        request_body: &[u8],
+        body: &mut Vec<u8>,
+    ) -> (Route, Answer) {
         let path = head.path;
         let method = head.method;
         let (route, allow) = match path {
@@ -198,6 +209,17 @@ impl Api {
                 "method not allowed on this path",
             );
             return (route, Ok(head));
+        }
+        let query_params: &[&str] = match route {
+            Route::Checkout => &["user_id", "id"],
+            Route::Purchase => &["code"],
+            _ => &[],
+        };
+        if !query_params.is_empty()
+            && !request_body.is_empty()
+            && !params::Query::parse(head.query).has_any(query_params)
+        {
+            return (route, Err(PARAMS_IN_BODY));
         }
         let answer = match route {
             Route::Checkout => self.checkout(head.query, body).await,
@@ -243,16 +265,16 @@ impl Handler for Api {
     async fn handle(
         &self,
         head: &RequestHead<'_>,
-        _body: &[u8],
+        request_body: &[u8],
         out: &mut Vec<u8>,
     ) -> ResponseHead {
         // A client's request id goes into every log line about its request.
         match head.request_id {
             Some(id) => {
                 let span = tracing::info_span!("request", request_id = id);
-                self.answer(head, out).instrument(span).await
+                self.answer(head, request_body, out).instrument(span).await
             }
-            None => self.answer(head, out).await,
+            None => self.answer(head, request_body, out).await,
         }
     }
 
@@ -267,10 +289,15 @@ impl Handler for Api {
 }
 
 impl Api {
-    /// Routes, runs and measures one request; errors become SPEC's error bodies.
-    async fn answer(&self, head: &RequestHead<'_>, out: &mut Vec<u8>) -> ResponseHead {
+    /// Routes, runs and measures one request; errors become error bodies.
+    async fn answer(
+        &self,
+        head: &RequestHead<'_>,
+        request_body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> ResponseHead {
         let started = Instant::now();
-        let (route, answer) = self.route(head, out).await;
+        let (route, answer) = self.route(head, request_body, out).await;
         let response = match answer {
             Ok(response) => response,
             Err(reject) => {

@@ -19,6 +19,13 @@ impl<'a> Query<'a> {
         }
     }
 
+    /// Whether any of `names` is given (once or more).
+    pub fn has_any(&self, names: &[&str]) -> bool {
+        self.pairs
+            .iter()
+            .any(|(key, _)| names.contains(&key.as_ref()))
+    }
+
     /// The value of `name`, if given exactly once.
     fn get(&self, name: &str) -> Result<Option<&str>, InvalidParams> {
         let mut found = None;

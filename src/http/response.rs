@@ -88,7 +88,7 @@ pub fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     let _ = simd_json::to_writer(&mut *out, value);
 }
 
-/// SPEC's error body: `{"error": code, "message": message}`.
+/// The error body of every route (docs/api.md): `{"error": code, "message": message}`.
 #[derive(serde::Serialize)]
 pub struct ErrorBody<'a> {
     pub error: &'a str,
