@@ -13,9 +13,9 @@
 #   mixed        browse, checkout a few items, purchase
 #   k6           k6 at a fixed arrival rate, for latency
 #
-# and writes bench/results/<UTC date-time>-<commit>/report.md (with chart.svg
-# and every raw output); bench/results/latest points at it. Every scenario of
-# the service gets its own server process, Redis database and Postgres
+# and writes bench/runs/<UTC date-time>-<commit>/report.md (with chart.svg
+# and every raw output; git-ignored); bench/runs/latest points at it. Every
+# scenario of the service gets its own server process, Redis database and Postgres
 # database. The ceiling runs once per round, so each ratio compares runs made
 # minutes apart in the same round.
 #
@@ -189,12 +189,10 @@ if [[ $SETUP == 1 ]]; then
   cargo build --release --quiet --example bare_responder
 fi
 
-# k6 may sit in Python's scripts directory, off PATH (see scripts/bench-tools.sh)
-K6_BIN="$(command -v k6 || true)"
-if [[ -z $K6_BIN ]]; then
-  K6_BIN="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/k6"
-  [[ -x $K6_BIN ]] || K6_BIN=""
-fi
+# k6 from the project's virtual environment (scripts/bench-tools.sh installs it
+# there), or K6_BIN.
+K6_BIN="${K6_BIN:-$ROOT/.local/venv/bin/k6}"
+[[ -x $K6_BIN ]] || K6_BIN=""
 if want k6 && [[ $K6 == 1 && -z $K6_BIN ]]; then
   log "k6 not found: the k6 scenario is skipped (scripts/bench-tools.sh installs it)"
   K6=0
@@ -252,7 +250,9 @@ SHORT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 DIRTY=0
 if [[ -n $(git status --porcelain -- . ':!bench/results' 2>/dev/null) ]]; then DIRTY=1; fi
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
-OUT="${RESULTS_DIR:-$ROOT/bench/results/$STAMP-$SHORT}"
+# Runs go to bench/runs/ (git-ignored), so a run leaves the tree clean; a run
+# worth keeping is copied into bench/results/ and committed by hand.
+OUT="${RESULTS_DIR:-$ROOT/bench/runs/$STAMP-$SHORT}"
 mkdir -p "$OUT/raw" "$OUT/runs" "$OUT/logs"
 COMMANDS="$OUT/commands.txt"
 : >"$COMMANDS"
@@ -770,6 +770,6 @@ fi
 
 python3 bench/report.py "$OUT"
 if [[ -z ${RESULTS_DIR:-} ]]; then
-  ln -sfn "$(basename "$OUT")" "$ROOT/bench/results/latest"
+  ln -sfn "$(basename "$OUT")" "$ROOT/bench/runs/latest"
 fi
 log "report: ${OUT#"$ROOT"/}/report.md (chart.svg beside it)"

