@@ -144,7 +144,7 @@ impl Rotator {
             if !self.prepared.iter().any(|s| s.id == sale.id) {
                 tracing::info!(
                     sale_id = sale.id,
-                    starts_at = sale.starts_at,
+                    starts_at = %crate::logging::Rfc3339(sale.starts_at),
                     items = sale.items,
                     "sale prepared"
                 );
@@ -208,7 +208,7 @@ impl Rotator {
         let sale = entry.as_deref().and_then(|e| parse_index_entry(start, e));
         if sale.is_some() && !self.using_index {
             tracing::warn!(
-                starts_at = start,
+                starts_at = %crate::logging::Rfc3339(start),
                 "postgres unavailable; serving the sale from the redis index"
             );
         }

@@ -107,7 +107,7 @@ fn ensure_items(client: &mut Client, sale: &SaleRow) -> Result<()> {
     tracing::info!(
         sale_id = sale.id,
         inserted,
-        elapsed = %humantime::format_duration(started.elapsed()),
+        elapsed = %crate::logging::Human(started.elapsed()),
         "sale items created"
     );
     Ok(())

@@ -265,7 +265,7 @@ impl Writer {
     fn run(mut self) {
         tracing::info!(
             batch_rows = self.config.batch_rows,
-            flush_after = %humantime::format_duration(self.config.flush_after),
+            flush_after = %crate::logging::Human(self.config.flush_after),
             "Postgres writer started"
         );
         loop {
