@@ -77,8 +77,7 @@ pub fn parse_head<'a>(
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let text = std::str::from_utf8(h.value).map_err(|_| ParseError::Malformed)?;
-            let len: usize = text.trim().parse().map_err(|_| ParseError::Malformed)?;
+            let len = content_length(h.value).ok_or(ParseError::Malformed)?;
             if seen_length && len != body_len {
                 return Err(ParseError::Malformed);
             }
@@ -111,6 +110,17 @@ pub fn parse_head<'a>(
         head_len,
         body_len,
     }))
+}
+
+/// A Content-Length value: ASCII digits only (around them optional spaces
+/// and tabs). A sign, a radix prefix or a list would be read differently
+/// by a proxy in front, which then sees another request boundary.
+fn content_length(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// A client's request id is echoed only if it is short visible ASCII.
@@ -211,6 +221,14 @@ mod tests {
             parse(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
             Err(ParseError::Malformed)
         );
+        for value in ["+5", "-0", "0x5", "5 5", "5,5", "1_0", ""] {
+            let req = format!("POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\n");
+            assert_eq!(
+                parse(req.as_bytes()),
+                Err(ParseError::Malformed),
+                "{value:?}"
+            );
+        }
         assert_eq!(
             parse(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
             Err(ParseError::Malformed)
