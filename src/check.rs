@@ -70,8 +70,26 @@ fn summary(sale_id: i64, s: &Snapshot) -> String {
 fn read(redis_url: &str, database_url: &str, sale_id: i64) -> Result<Snapshot> {
     let mut snapshot = Snapshot::default();
     let timeout = Duration::from_secs(5);
-    let mut redis = blocking_connection(&redis::Client::open(redis_url)?, timeout, timeout)?;
-    let mut pg = postgres::Client::connect(database_url, postgres::NoTls)?;
+    let client = redis::Client::open(redis_url)
+        .map_err(|e| Error::with_cause(ErrorKind::Config, "REDIS_URL", e))?;
+    let mut redis = blocking_connection(&client, timeout, timeout).map_err(|e| {
+        let at = client.get_connection_info().addr();
+        Error::with_cause(
+            ErrorKind::RedisUnavailable,
+            format!("connect to redis at {at}"),
+            e,
+        )
+    })?;
+    let pg_config: postgres::Config = database_url
+        .parse()
+        .map_err(|e| Error::with_cause(ErrorKind::Config, "DATABASE_URL", e))?;
+    let mut pg = pg_config.connect(postgres::NoTls).map_err(|e| {
+        Error::with_cause(
+            ErrorKind::Postgres,
+            format!("connect to postgres at {}", postgres_address(&pg_config)),
+            e,
+        )
+    })?;
 
     if let Some(row) = pg.query_opt(
         "SELECT items_total, user_limit FROM sales WHERE id = $1",
@@ -147,11 +165,22 @@ fn read(redis_url: &str, database_url: &str, sale_id: i64) -> Result<Snapshot> {
     }
     if snapshot.pg_sale.is_none() && snapshot.redis_meta.is_none() {
         return Err(Error::new(
-            ErrorKind::Config,
-            "no such sale in redis or postgres",
+            ErrorKind::NotFound,
+            format!("sale {sale_id} is neither in redis nor in postgres"),
         ));
     }
     Ok(snapshot)
+}
+
+/// `host:port` of the first Postgres host of a URL, for error messages.
+fn postgres_address(config: &postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
 }
 
 /// Every way the snapshot breaks an invariant, one line each.

@@ -11,6 +11,9 @@ use crate::redis_client::batch::BatchLimits;
 /// Most items a sale may have: item ids are `sale_id * ITEM_ID_STRIDE + n`.
 pub const MAX_SALE_ITEMS: u32 = 1_000_000;
 
+/// Most core threads `--cores` accepts.
+pub const MAX_CORES: u64 = 4096;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "flashsale",
@@ -68,8 +71,9 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
-    /// Number of core threads (one monoio runtime each); default: every core.
-    #[arg(long = "cores", env = "FLASHSALE_CORES")]
+    /// Number of core threads (one monoio runtime each), at least 1; default: every core.
+    #[arg(long = "cores", env = "FLASHSALE_CORES",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_CORES))]
     pub cores: Option<usize>,
 
     /// IO driver of the core threads: `auto` (io_uring, epoll where io_uring is not
@@ -262,7 +266,7 @@ impl Config {
     /// Number of core threads to run.
     pub fn core_count(&self) -> usize {
         let available = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self.cores.unwrap_or(available).max(1)
+        self.cores.unwrap_or(available)
     }
 
     pub fn redis_timeout(&self) -> Duration {
@@ -357,6 +361,13 @@ mod tests {
     fn json_log_keeps_level() {
         let cli = parse(&["--log", "json,debug"]);
         assert_eq!(cli.config.log_format(), (true, "debug".to_string()));
+    }
+
+    #[test]
+    fn cores_are_at_least_one() {
+        assert!(Cli::try_parse_from(["flashsale", "--cores", "0"]).is_err());
+        assert_eq!(parse(&["--cores", "3"]).config.core_count(), 3);
+        assert!(parse(&[]).config.core_count() >= 1);
     }
 
     #[test]

@@ -476,6 +476,16 @@ impl TestServer {
 
     /// Fails the test when `flashsale check --sale <id>` finds differences
     /// between this server's Redis and Postgres databases.
+    /// The Redis URL (with its database) this server runs on.
+    pub fn redis_url(&self) -> String {
+        format!("{}/{}", redis_base_url(), self.redis_db)
+    }
+
+    /// The Postgres URL of this server's database.
+    pub fn database_url(&self) -> String {
+        pg_url_for(&self.db_name)
+    }
+
     #[track_caller]
     pub fn assert_consistent(&self, sale_id: i64) {
         assert_consistent(
