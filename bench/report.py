@@ -134,8 +134,9 @@ def parse_k6(summary: dict) -> dict:
 
     out.update(trend(metrics.get("http_req_duration", {})))
     for name, m in metrics.items():
-        mm = re.fullmatch(r"http_req_duration\{name:([^}]+)\}", name)
-        if mm:
+        # per route: k6/lib/flashsale.js's latency_<route> trends (or a name tag)
+        mm = re.fullmatch(r"http_req_duration\{name:([^}]+)\}", name) or re.fullmatch(r"latency_(\w+)", name)
+        if mm and isinstance(m, dict):
             out["routes"][mm.group(1)] = trend(m)
     failed = metrics.get("http_req_failed", {})
     out["failed_rate"] = num(failed.get("value"))
@@ -348,80 +349,152 @@ def targets(runs, meta):
 # chart
 
 
-def svg_bars(x0, y0, w, h, title, groups, series, values, colors, log=False, unit="", labels=False):
-    """Grouped bars: values[g][s] (None = no bar). Returns SVG elements."""
-    el = [f'<text x="{x0 + w / 2}" y="{y0 - 10}" text-anchor="middle" font-size="15" font-weight="bold">'
-          f'{html.escape(title)}</text>']
-    flat = [v for row in values for v in row if v]
-    if not flat:
-        el.append(f'<text x="{x0 + w / 2}" y="{y0 + h / 2}" text-anchor="middle">no data</text>')
-        return el
+LEGEND_W = 150  # room right of each panel for its legend
+
+
+def scale(values, log, extra=()):
+    """(y of a value in 0..1 from the bottom, ticks) for a panel's values."""
+    flat = [v for v in list(values) + list(extra) if v]
     if log:
         lo = 10 ** math.floor(math.log10(min(flat)))
         hi = 10 ** math.ceil(math.log10(max(flat)))
         if hi <= lo:
             hi = lo * 10
-
-        def yv(v):
-            return y0 + h - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * h
-
-        ticks = []
-        t = lo
+        ticks, t = [], lo
         while t <= hi * 1.0001:
             ticks.append(t)
             t *= 10
-    else:
-        top = max(flat) * 1.12
-        mag = 10 ** math.floor(math.log10(top))
-        step = next(s * mag for s in (0.1, 0.2, 0.25, 0.5, 1, 2, 2.5, 5, 10) if top / (s * mag) <= 6)
-        hi = math.ceil(top / step) * step
+        return (lambda v: (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))), ticks
+    top = max(flat) * 1.15
+    mag = 10 ** math.floor(math.log10(top))
+    step = next(s * mag for s in (0.1, 0.2, 0.25, 0.5, 1, 2, 2.5, 5, 10) if top / (s * mag) <= 6)
+    hi = math.ceil(top / step) * step
+    return (lambda v: v / hi), [i * step for i in range(int(round(hi / step)) + 1)]
 
-        def yv(v):
-            return y0 + h - v / hi * h
 
-        ticks = [i * step for i in range(int(round(hi / step)) + 1)]
+def axes(x0, y0, w, h, title, note, ticks, frac, unit):
+    el = [f'<text x="{x0}" y="{y0 - 28}" font-size="15" font-weight="bold">{html.escape(title)}</text>']
+    if note:
+        el.append(f'<text x="{x0}" y="{y0 - 12}" font-size="11" fill="#555">{html.escape(note)}</text>')
     for t in ticks:
-        y = yv(t)
+        y = y0 + h - frac(t) * h
         el.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + w}" y2="{y:.1f}" stroke="#ddd"/>')
-        label = fmt_tick(t, unit)
-        el.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{label}</text>')
+        el.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{fmt_tick(t, unit)}</text>')
     el.append(f'<line x1="{x0}" y1="{y0 + h}" x2="{x0 + w}" y2="{y0 + h}" stroke="#333"/>')
+    return el
+
+
+def legend(x, y, series, colors, extra=()):
+    el = []
+    for si, s in enumerate(series):
+        ly = y + si * 16
+        el.append(f'<rect x="{x}" y="{ly}" width="12" height="12" fill="{colors[si % len(colors)]}"/>')
+        el.append(f'<text x="{x + 16}" y="{ly + 10}" font-size="11">{html.escape(s)}</text>')
+    for i, (label, style) in enumerate(extra):
+        ly = y + (len(series) + i) * 16
+        el.append(f'<line x1="{x}" y1="{ly + 6}" x2="{x + 12}" y2="{ly + 6}" {style}/>')
+        el.append(f'<text x="{x + 16}" y="{ly + 10}" font-size="11">{html.escape(label)}</text>')
+    return el
+
+
+TARGET_STYLE = 'stroke="#c00" stroke-width="2" stroke-dasharray="5,3"'
+
+
+def svg_bars(x0, y0, w, h, title, note, groups, series, values, colors, log=False, unit="",
+             targets=None, target_label="target", sublabels=None):
+    """Grouped bars: values[g][s] (None = no bar); targets[g] draws a dashed
+    line across group g at that value; sublabels[g] is a second line under
+    the group's name. Returns SVG elements."""
+    flat = [v for row in values for v in row if v]
+    if not flat:
+        return [f'<text x="{x0}" y="{y0 - 28}" font-size="15" font-weight="bold">{html.escape(title)}</text>',
+                f'<text x="{x0 + w / 2}" y="{y0 + h / 2}" text-anchor="middle">no data</text>']
+    tvals = [t for t in (targets or []) if t]
+    frac, ticks = scale(flat, log, tvals)
+    el = axes(x0, y0, w, h, title, note, ticks, frac, unit)
     gw = w / max(1, len(groups))
-    bw = min(28.0, gw * 0.8 / max(1, len(series)))
+    bw = min(30.0, gw * 0.8 / max(1, len(series)))
     for gi, g in enumerate(groups):
         gx = x0 + gi * gw + (gw - bw * len(series)) / 2
         for si, _ in enumerate(series):
             v = values[gi][si]
             if not v:
                 continue
-            y = yv(v)
+            y = y0 + h - frac(v) * h
             x = gx + si * bw
             el.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw - 2:.1f}" height="{y0 + h - y:.1f}" '
                       f'fill="{colors[si % len(colors)]}"><title>{html.escape(g)} / {html.escape(series[si])}: '
-                      f'{fmt_tick(v, unit)}</title></rect>')
-            if labels:
-                el.append(f'<text x="{x + (bw - 2) / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle" '
-                          f'font-size="10">{fmt_label(v, unit)}</text>')
+                      f'{fmt_label(v, unit)}</title></rect>')
+            el.append(f'<text x="{x + (bw - 2) / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle" '
+                      f'font-size="10">{fmt_label(v, unit)}</text>')
+        if targets and targets[gi]:
+            ty = y0 + h - frac(targets[gi]) * h
+            el.append(f'<line x1="{x0 + gi * gw + 4:.1f}" y1="{ty:.1f}" x2="{x0 + (gi + 1) * gw - 4:.1f}" '
+                      f'y2="{ty:.1f}" {TARGET_STYLE}><title>target {fmt_label(targets[gi], unit)}</title></line>')
         el.append(f'<text x="{x0 + gi * gw + gw / 2:.1f}" y="{y0 + h + 16}" text-anchor="middle" '
                   f'font-size="11">{html.escape(g)}</text>')
-    lx = x0 + w - 10
-    for si, s in enumerate(series):
-        ly = y0 + 4 + si * 16
-        el.append(f'<rect x="{lx - 110}" y="{ly}" width="12" height="12" fill="{colors[si % len(colors)]}"/>')
-        el.append(f'<text x="{lx - 94}" y="{ly + 10}" font-size="11">{html.escape(s)}</text>')
+        if sublabels and sublabels[gi]:
+            el.append(f'<text x="{x0 + gi * gw + gw / 2:.1f}" y="{y0 + h + 30}" text-anchor="middle" '
+                      f'font-size="10" fill="#555">{html.escape(sublabels[gi])}</text>')
+    el += legend(x0 + w + 20, y0, series, colors, [(target_label, TARGET_STYLE)] if tvals else [])
+    return el
+
+
+def svg_stacked(x0, y0, w, h, title, note, groups, series, values, colors, unit=""):
+    """Stacked bars: values[g][s] stacked in series order, the total on top."""
+    totals = [sum(v or 0 for v in row) for row in values]
+    if not any(totals):
+        return [f'<text x="{x0}" y="{y0 - 28}" font-size="15" font-weight="bold">{html.escape(title)}</text>',
+                f'<text x="{x0 + w / 2}" y="{y0 + h / 2}" text-anchor="middle">no data</text>']
+    frac, ticks = scale(totals, False)
+    el = axes(x0, y0, w, h, title, note, ticks, frac, unit)
+    gw = w / max(1, len(groups))
+    bw = min(44.0, gw * 0.6)
+    for gi, g in enumerate(groups):
+        x = x0 + gi * gw + (gw - bw) / 2
+        base = 0.0
+        for si, s in enumerate(series):
+            v = values[gi][si] or 0
+            if v <= 0:
+                continue
+            y_top = y0 + h - frac(base + v) * h
+            y_bot = y0 + h - frac(base) * h
+            el.append(f'<rect x="{x:.1f}" y="{y_top:.1f}" width="{bw:.1f}" height="{y_bot - y_top:.1f}" '
+                      f'fill="{colors[si % len(colors)]}"><title>{html.escape(g)} / {html.escape(s)}: '
+                      f'{fmt_label(v, unit)}</title></rect>')
+            if y_bot - y_top >= 12:
+                el.append(f'<text x="{x + bw / 2:.1f}" y="{(y_top + y_bot) / 2 + 4:.1f}" text-anchor="middle" '
+                          f'font-size="9" fill="white">{fmt_label(v, unit)}</text>')
+            base += v
+        if totals[gi]:
+            y = y0 + h - frac(totals[gi]) * h
+            el.append(f'<text x="{x + bw / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle" font-size="10" '
+                      f'font-weight="bold">{fmt_label(totals[gi], unit)}</text>')
+        el.append(f'<text x="{x0 + gi * gw + gw / 2:.1f}" y="{y0 + h + 16}" text-anchor="middle" '
+                  f'font-size="11">{html.escape(g)}</text>')
+    el += legend(x0 + w + 20, y0, series, colors)
     return el
 
 
 def fmt_label(v, unit):
+    if unit == "ratio":
+        return f"{v:.2f}"
     if unit == "us":
-        v = round(v, -1 if v < 1000 else -2)
-        return f"{v:.0f}µs" if v < 1000 else f"{v / 1000:g}ms"
+        if v < 10:
+            return f"{v:.1f}µs"
+        if v >= 10_000:
+            return f"{v / 1000:.0f}ms"
+        if v >= 1000:
+            return f"{v / 1000:.1f}".rstrip("0").rstrip(".") + "ms"
+        return f"{round(v, -1) if v >= 100 else round(v):.0f}µs"
     if v >= 1000:
         return f"{v / 1000:.0f}k" if v >= 10_000 else f"{v / 1000:.1f}k"
     return f"{v:.0f}"
 
 
 def fmt_tick(v, unit):
+    if unit == "ratio":
+        return f"{v:g}"
     if unit == "us":
         if v >= 1000:
             return f"{v / 1000:g} ms"
@@ -431,31 +504,115 @@ def fmt_tick(v, unit):
     return f"{v:g}"
 
 
+def mean(values):
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+# The saturation runs (wrk, as fast as it goes) whose latency is per request;
+# redis-benchmark's is per pipelined batch, and k6 runs at a fixed rate.
+WRK_RUNS = ["ceiling", "checkout", "sellout", "postsellout", "purchase", "mixed"]
+# What each scenario's throughput is judged against, and the target ratio.
+RATIO_TO = {"checkout": ("ceiling", 0.5), "sellout": ("ceiling", None), "postsellout": ("ceiling", 0.8),
+            "purchase": ("redis_p16", 0.7), "mixed": ("ceiling", None)}
+CPU_PARTS = [("server", "server"), ("redis", "Redis"), ("postgres", "Postgres"), ("loadgen", "load generator"),
+             ("irq", "interrupts")]
+P99_TARGET_US = {"checkout": 5000}
+
+
 def chart(runs, path: Path, title: str):
     rounds = sorted({r["round"] for r in runs})
-    scen = [s for s in ORDER if any(r["scenario"] == s for r in runs)]
     idx = {(r["round"], r["scenario"]): r for r in runs}
-    colors = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948"]
-    groups = [SHORT[s] for s in scen]
-    thr = [[(idx.get((rd, s)) or {}).get("rps") for rd in rounds] for s in scen]
-    lat_series = ["p50", "p99"]
-    lat = []
-    for s in scen:
-        row = []
-        for key in ("p50_us", "p99_us"):
-            vals = [(idx.get((rd, s)) or {}).get(key) for rd in rounds]
-            vals = [v for v in vals if v]
-            row.append(sum(vals) / len(vals) if vals else None)
-        lat.append(row)
-    W = max(900, 110 * len(scen) + 140)
-    H = 720
+    present = [s for s in ORDER if any(r["scenario"] == s for r in runs)]
+
+    def get(rd, s, key):
+        return (idx.get((rd, s)) or {}).get(key)
+
+    round_colors = ["#4e79a7", "#f28e2b", "#76b7b2", "#edc948", "#b07aa1"]
+    pct_colors = ["#59a14f", "#e15759", "#7b3294"]
+    panels = []
+
+    def add(height, draw, *args, **kwargs):
+        panels.append((height, lambda x0, y0, w, h: draw(x0, y0, w, h, *args, **kwargs)))
+
+    # 1. throughput as a ratio to the same round's reference, with the target
+    scen = [s for s in RATIO_TO if s in present]
+    ratios = [[ratio(get(rd, s, "rps"), get(rd, RATIO_TO[s][0], "rps")) for rd in rounds] for s in scen]
+    groups = [SHORT[s] + (" ÷ redis -P16" if RATIO_TO[s][0] == "redis_p16" else " ÷ ceiling") for s in scen]
+    ceil = ", ".join(f"round {rd}: {fmt_label(get(rd, 'ceiling', 'rps') or 0, '')}" for rd in rounds)
+
+    def sellout_time(s):
+        if s != "sellout":
+            return None
+        times = [num(((idx.get((rd, s)) or {}).get("sellout") or {}).get("sellout_ms")) for rd in rounds]
+        shown = ", ".join("not sold out" if t is None else f"{t:,.0f} ms" for t in times)
+        return f"all sold in {shown} (target < 1 s)"
+
+    add(300, svg_bars,
+        "Throughput against the same round's reference (saturation, wrk)",
+        f"requests/s ÷ the ceiling of the same round (bare responder: {ceil} req/s); "
+        f"the purchase path ÷ redis-benchmark -P 16 of the same script",
+        groups, [f"round {rd}" for rd in rounds], ratios, round_colors, unit="ratio",
+        targets=[RATIO_TO[s][1] for s in scen], sublabels=[sellout_time(s) for s in scen])
+
+    # 2. latency per request of the saturation runs
+    scen = [s for s in WRK_RUNS if s in present]
+    lat = [[mean([get(rd, s, k) for rd in rounds]) for k in ("p50_us", "p99_us", "p999_us")] for s in scen]
+    add(280, svg_bars,
+        "Latency per request under saturation (wrk), log scale",
+        "p50 / p99 / p99.9, mean of rounds; redis-benchmark is left out (its latency is per pipelined batch)",
+        [SHORT[s] for s in scen], ["p50", "p99", "p99.9"], lat, pct_colors, log=True, unit="us",
+        targets=[P99_TARGET_US.get(s) for s in scen], target_label="target p99")
+
+    # 3. CPU per request by process, stacked
+    scen = [s for s in ORDER if s in present and s != "k6"]
+
+    def per_request(s, key):
+        vals = []
+        for rd in rounds:
+            r = idx.get((rd, s))
+            if r and r.get("requests"):
+                vals.append(r["cpu_s"][key] / r["requests"] * 1e6)
+        return mean(vals)
+
+    cpu = [[per_request(s, k) for k, _ in CPU_PARTS] for s in scen]
+    add(300, svg_stacked,
+        "CPU per request, by process (µs, mean of rounds)",
+        "what the machine spends on one request: where the ratios above come from",
+        [SHORT[s] for s in scen], [name for _, name in CPU_PARTS], cpu,
+        ["#4e79a7", "#e15759", "#59a14f", "#bab0ac", "#f28e2b"], unit="us")
+
+    # 4. the fixed-rate k6 run, apart
+    if "k6" in present:
+        route_names = sorted({n for rd in rounds for n in (get(rd, "k6", "routes") or {})})
+        rate = (idx.get((rounds[0], "k6")) or {}).get("kv", {}).get("rate", "?")
+        rps = mean([get(rd, "k6", "rps") for rd in rounds])
+        rows, groups = [], []
+        for n in route_names:
+            groups.append(n)
+            rows.append([mean([((get(rd, "k6", "routes") or {}).get(n) or {}).get(k) for rd in rounds])
+                         for k in ("p50_us", "p99_us", "p999_us")])
+        groups.append("every request")
+        rows.append([mean([get(rd, "k6", k) for rd in rounds]) for k in ("p50_us", "p99_us", "p999_us")])
+        add(240, svg_bars,
+            f"k6 at a fixed arrival rate: {rate} shoppers/s "
+            f"(≈ {fmt_label(rps or 0, '')} requests/s), log scale",
+            "latency by route, p50 / p99 / p99.9, mean of rounds; not a saturation run",
+            groups, ["p50", "p99", "p99.9"], rows, pct_colors, log=True, unit="us")
+
+    n_groups = max(len(ORDER), 6)
+    plot_w = max(760, 95 * n_groups)
+    W = 80 + plot_w + LEGEND_W + 20
+    y, el_panels = 60, []
+    for height, draw in panels:
+        y += 56
+        el_panels += draw(80, y, plot_w, height)
+        y += height + 48
+    H = y
     el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
           f'font-family="sans-serif">', f'<rect width="{W}" height="{H}" fill="white"/>',
-          f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="13" fill="#555">{html.escape(title)}</text>']
-    el += svg_bars(80, 70, W - 110, 240, "Throughput (requests/s), by round", groups,
-                   [f"round {r}" for r in rounds], thr, colors, labels=True)
-    el += svg_bars(80, 400, W - 110, 260, "Latency p50 / p99 (mean of rounds, log scale)", groups,
-                   lat_series, lat, ["#59a14f", "#e15759"], log=True, unit="us", labels=True)
+          f'<text x="{W / 2}" y="26" text-anchor="middle" font-size="13" fill="#555">{html.escape(title)}</text>']
+    el += el_panels
     el.append("</svg>")
     path.write_text("\n".join(el) + "\n")
 
@@ -489,7 +646,7 @@ def main() -> int:
               f"The *other* CPU column is what other processes on the machine used meanwhile: when it is "
               f"high, the run was disturbed.")
     md.append("")
-    md.append("![throughput and latency](chart.svg)")
+    md.append("![throughput against the ceiling, latency, CPU per request, k6](chart.svg)")
     md.append("")
 
     md.append("## Targets")
