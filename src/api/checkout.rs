@@ -149,7 +149,7 @@ impl Api {
                 Ok(ResponseHead::json(200))
             }
             "sold" => {
-                self.sold.borrow_mut().mark_sold(n);
+                self.sold.borrow_mut().mark_sold(sale.id, n);
                 self.record(
                     &sale,
                     user_id,

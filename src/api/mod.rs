@@ -240,14 +240,17 @@ impl Api {
         let Some(sale) = self.active_sale(now) else {
             return;
         };
-        if self.sold.borrow().sold_out() && self.sold.borrow().sale_id() == sale.id {
-            return;
+        {
+            let mut sold = self.sold.borrow_mut();
+            if sold.sold_out() && sold.sale_id() == sale.id {
+                return;
+            }
+            sold.track(&sale);
         }
         let cmd = redis::cmd("GET").arg(keys::sold(sale.id)).clone();
         if let Ok(redis::Value::BulkString(bitmap)) = self.deps.redis.query(&cmd).await {
-            let mut sold = self.sold.borrow_mut();
-            sold.track(&sale);
-            sold.merge_redis_bitmap(&bitmap);
+            // The map may track the next sale by now: then this is ignored.
+            self.sold.borrow_mut().merge_redis_bitmap(sale.id, &bitmap);
         }
     }
 }

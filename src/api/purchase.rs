@@ -120,12 +120,11 @@ impl Api {
     fn note_sold(&self, sale_id: i64, item_ids: &[i64]) {
         self.deps.metrics.items_sold(item_ids.len() as u64);
         let mut sold = self.sold.borrow_mut();
-        if sold.sale_id() != sale_id {
-            return;
-        }
         for &id in item_ids {
-            if let Some((_, n)) = crate::sale::split_item_id(id) {
-                sold.mark_sold(n);
+            if let Some((item_sale, n)) = crate::sale::split_item_id(id)
+                && item_sale == sale_id
+            {
+                sold.mark_sold(sale_id, n);
             }
         }
     }

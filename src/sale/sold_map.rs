@@ -2,6 +2,10 @@
 //! bit per item. Bits are only ever set (an item never becomes unsold), so the
 //! map can be stale only in the safe direction: an item it calls sold is sold;
 //! an item it calls unsold is asked of Redis, which stays the judge.
+//!
+//! Every update names its sale: an answer about another sale than the one
+//! the map tracks (a late reply of the sale that just ended) is ignored, as
+//! item number n of one sale says nothing about item n of the next.
 
 use super::SaleInfo;
 
@@ -39,9 +43,10 @@ impl SoldMap {
             .is_some_and(|w| w & (1u64 << (i % 64)) != 0)
     }
 
-    /// Records that item number `n` is sold.
-    pub fn mark_sold(&mut self, n: u32) {
-        if n == 0 || n > self.items {
+    /// Records that item number `n` of sale `sale_id` is sold (nothing when
+    /// the map tracks another sale).
+    pub fn mark_sold(&mut self, sale_id: i64, n: u32) {
+        if sale_id != self.sale_id || n == 0 || n > self.items {
             return;
         }
         let i = n as usize - 1;
@@ -59,10 +64,14 @@ impl SoldMap {
         self.items > 0 && self.sold >= self.items
     }
 
-    /// Merges a Redis bitmap (see `sold_numbers`).
-    pub fn merge_redis_bitmap(&mut self, bytes: &[u8]) {
+    /// Merges sale `sale_id`'s Redis bitmap (see `sold_numbers`); nothing
+    /// when the map tracks another sale.
+    pub fn merge_redis_bitmap(&mut self, sale_id: i64, bytes: &[u8]) {
+        if sale_id != self.sale_id {
+            return;
+        }
         for n in sold_numbers(bytes) {
-            self.mark_sold(n);
+            self.mark_sold(sale_id, n);
         }
     }
 }
@@ -100,16 +109,16 @@ mod tests {
         let mut map = SoldMap::default();
         map.track(&sale(1, 3));
         assert!(!map.is_sold(1));
-        map.mark_sold(1);
-        map.mark_sold(1);
-        map.mark_sold(3);
+        map.mark_sold(1, 1);
+        map.mark_sold(1, 1);
+        map.mark_sold(1, 3);
         assert!(map.is_sold(1) && map.is_sold(3) && !map.is_sold(2));
         assert!(!map.sold_out());
-        map.mark_sold(2);
+        map.mark_sold(1, 2);
         assert!(map.sold_out());
         // out of range numbers are ignored
-        map.mark_sold(0);
-        map.mark_sold(4);
+        map.mark_sold(1, 0);
+        map.mark_sold(1, 4);
         assert!(!map.is_sold(0) && !map.is_sold(4));
     }
 
@@ -117,11 +126,25 @@ mod tests {
     fn new_sale_resets() {
         let mut map = SoldMap::default();
         map.track(&sale(1, 10));
-        map.mark_sold(5);
+        map.mark_sold(1, 5);
         map.track(&sale(1, 10));
         assert!(map.is_sold(5));
         map.track(&sale(2, 10));
         assert!(!map.is_sold(5));
+    }
+
+    #[test]
+    fn answers_about_another_sale_are_ignored() {
+        let mut map = SoldMap::default();
+        map.track(&sale(1, 10));
+        map.track(&sale(2, 10));
+        // A late answer of sale 1: its item 5 is sold, item 5 of sale 2 is not.
+        map.mark_sold(1, 5);
+        map.merge_redis_bitmap(1, &[0xff, 0xff]);
+        assert!((1..=10).all(|n| !map.is_sold(n)));
+        assert_eq!(map.sold, 0);
+        map.mark_sold(2, 5);
+        assert!(map.is_sold(5));
     }
 
     #[test]
@@ -135,7 +158,7 @@ mod tests {
         let mut map = SoldMap::default();
         map.track(&sale(1, 12));
         // item 1 -> bit 0 (0x80 of byte 0); item 10 -> bit 9 (0x40 of byte 1)
-        map.merge_redis_bitmap(&[0x80, 0x40, 0xff]);
+        map.merge_redis_bitmap(1, &[0x80, 0x40, 0xff]);
         assert!(map.is_sold(1) && map.is_sold(10));
         assert!(!map.is_sold(2) && !map.is_sold(9));
         assert_eq!(map.sold, 2);

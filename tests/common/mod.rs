@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+/// A proxy that holds Redis's replies back, for interleaving tests.
+pub mod proxy;
 /// Private Redis and Postgres instances for the fault-injection tests.
 pub mod services;
 
@@ -474,8 +476,6 @@ impl TestServer {
         );
     }
 
-    /// Fails the test when `flashsale check --sale <id>` finds differences
-    /// between this server's Redis and Postgres databases.
     /// The Redis URL (with its database) this server runs on.
     pub fn redis_url(&self) -> String {
         format!("{}/{}", redis_base_url(), self.redis_db)
@@ -486,6 +486,8 @@ impl TestServer {
         pg_url_for(&self.db_name)
     }
 
+    /// Fails the test when `flashsale check --sale <id>` finds differences
+    /// between this server's Redis and Postgres databases.
     #[track_caller]
     pub fn assert_consistent(&self, sale_id: i64) {
         assert_consistent(
