@@ -38,13 +38,31 @@ fn in_background(server: &Flashsale, target: String) -> std::thread::JoinHandle<
     std::thread::spawn(move || Conn::connect(addr).request("POST", &target, &[], b""))
 }
 
+/// The outcome recorded in Postgres for one checkout attempt, once there.
+fn recorded_outcome(rig: &Rig, sale_id: i64, user: i64, item: i64) -> String {
+    let mut pg = rig.pg.client();
+    let mut outcome = None;
+    eventually(PG_DEADLINE, "the checkout attempt is recorded", || {
+        outcome = pg
+            .query_opt(
+                "SELECT outcome FROM checkouts WHERE sale_id = $1 AND user_id = $2 AND item_id = $3",
+                &[&sale_id, &user, &item],
+            )
+            .expect("query checkouts")
+            .map(|row| row.get::<_, String>(0));
+        outcome.is_some()
+    });
+    outcome.expect("recorded")
+}
+
 /// A `sold` answer that Redis gave for the ending sale, arriving after the
 /// core has moved on to the next sale, says nothing about the next sale:
 /// item n of the new sale stays for sale although item n of the old one
 /// was sold.
 ///
 /// Redis's replies are held in a proxy (so the scripts run on time and only
-/// their answers are late). The core's 100 ms refresh of its map is a GET
+/// their answers are late; a frozen Redis would run them after the end,
+/// where a script that reads Redis's clock answers "closed", not "sold"). The core's 100 ms refresh of its map is a GET
 /// held like the rest; the Redis timeout (4 s) is chosen so that the refresh
 /// of the old sale has timed out (and is ignored) when the replies are
 /// released, while the checkout of the old sale is still waiting for its
@@ -110,4 +128,49 @@ fn a_late_sold_answer_of_the_ended_sale_does_not_mark_the_new_sale() {
     assert_eq!(r.ids("purchased"), vec![new.item(1)]);
     rig.assert_consistent(new.id);
     rig.assert_consistent(old.id);
+}
+
+/// A checkout that waited for Redis while its sale ended is answered 404
+/// item_not_found, and recorded like every other well-formed attempt.
+///
+/// Redis is frozen before the end; one checkout is on its way (the one
+/// batch in flight) and a second one waits behind it in the core's queue;
+/// Redis resumes after the end.
+#[test]
+fn a_checkout_refused_because_the_sale_ended_meanwhile_is_recorded() {
+    const PERIOD_SECS: u64 = 8;
+    let rig = Rig::start(
+        ServerConfig::new(20, 10)
+            .env("FLASHSALE_CORES", "1")
+            .env("SALE_PERIOD_SECS", &PERIOD_SECS.to_string())
+            .env("FLASHSALE_REDIS_BATCHES_IN_FLIGHT", "1")
+            .env("FLASHSALE_REDIS_TIMEOUT_MS", "20000"),
+    );
+    let server = rig.server();
+    let sale = sale_with_time_left(server, Duration::from_millis(3000));
+    let end = sale.ends_secs() * 1000;
+    sleep_until(end - 1500);
+    signal(rig.redis.pid(), SIGSTOP);
+    let first = in_background(server, checkout_path(1, sale.item(1)));
+    std::thread::sleep(Duration::from_millis(300));
+    let queued = in_background(server, checkout_path(2, sale.item(2)));
+    sleep_until(end + 500);
+    signal(rig.redis.pid(), SIGCONT);
+
+    let first = first.join().expect("checkout thread");
+    let queued = queued.join().expect("checkout thread");
+    queued.assert_error(404, "item_not_found");
+    assert_eq!(
+        recorded_outcome(&rig, sale.id, 2, sale.item(2)),
+        "item_not_found"
+    );
+    let expected = match first.status {
+        200 => "ok",
+        _ => {
+            first.assert_error(404, "item_not_found");
+            "item_not_found"
+        }
+    };
+    assert_eq!(recorded_outcome(&rig, sale.id, 1, sale.item(1)), expected);
+    rig.assert_consistent(sale.id);
 }

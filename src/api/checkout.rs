@@ -174,7 +174,17 @@ impl Api {
             }
             // The sale closed between the clock check and the script: the item
             // is not one of the sale that is active now.
-            "closed" => Err(ITEM_NOT_FOUND),
+            "closed" => {
+                self.record(
+                    &sale,
+                    user_id,
+                    item_id,
+                    None,
+                    CheckoutOutcome::ItemNotFound,
+                    now,
+                )?;
+                Err(ITEM_NOT_FOUND)
+            }
             "no_sale" => {
                 tracing::error!(
                     sale_id = sale.id,
