@@ -97,6 +97,7 @@ pub fn serve(config: Config) -> Result<()> {
     .map_err(|e| error::Error::with_cause(error::ErrorKind::Internal, "rotator thread", e))?;
     wait_for_first_sale(&schedule, &stop);
 
+    let shutdown = ShutdownPlan::new(config.shutdown_timeout());
     let cores_stop = Arc::new(AtomicBool::new(false));
     let cores = server::start_cores(
         config.core_count(),
@@ -121,7 +122,7 @@ pub fn serve(config: Config) -> Result<()> {
             retention_ms: config.retention_ms(),
             max_conns: config.max_conns_per_core,
             max_in_flight: config.max_inflight_per_core,
-            shutdown_timeout: config.shutdown_timeout(),
+            shutdown_timeout: shutdown.cores,
             shutdown: cores_stop.clone(),
         },
     )
@@ -137,16 +138,45 @@ pub fn serve(config: Config) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    let started = Instant::now();
     cores_stop.store(true, Ordering::Relaxed);
+    rotator_stop.store(true, Ordering::Relaxed);
     for core in cores {
         let _ = core.join();
     }
-    rotator_stop.store(true, Ordering::Relaxed);
-    let _ = rotator.join();
     // Every RecordSender is gone with the cores: the writer drains and exits.
-    writer.shutdown_and_join(config.shutdown_timeout());
+    writer.shutdown_and_join(started + shutdown.writer, started + shutdown.total);
+    // The rotator may be inside a blocking call; it is not waited for past the end.
+    while !rotator.is_finished() && started.elapsed() < shutdown.total {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     tracing::info!("flashsale stopped cleanly");
     Ok(())
+}
+
+/// How a graceful stop shares the shutdown timeout, which bounds all of it:
+/// the cores finish in-flight requests, the writer then commits what they
+/// handed over, and a last moment lets the writer thread leave a blocking
+/// call (a Postgres or Redis round trip) before the process exits anyway.
+#[derive(Debug, PartialEq, Eq)]
+struct ShutdownPlan {
+    /// From the signal, how long the cores may take.
+    cores: Duration,
+    /// From the signal, when the writer stops, whatever is left.
+    writer: Duration,
+    /// From the signal, when the process exits.
+    total: Duration,
+}
+
+impl ShutdownPlan {
+    fn new(total: Duration) -> Self {
+        let step = (total / 5).min(Duration::from_secs(1));
+        ShutdownPlan {
+            cores: total - 2 * step,
+            writer: total - step,
+            total,
+        }
+    }
 }
 
 /// Applies migrations if Postgres answers within a few seconds. Otherwise the
@@ -180,5 +210,27 @@ fn wait_for_first_sale(schedule: &SharedSchedule, stop: &AtomicBool) {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shutdown_plan_stays_within_the_timeout() {
+        let secs = Duration::from_secs;
+        assert_eq!(
+            ShutdownPlan::new(secs(10)),
+            ShutdownPlan {
+                cores: secs(8),
+                writer: secs(9),
+                total: secs(10)
+            }
+        );
+        let short = ShutdownPlan::new(secs(1));
+        assert_eq!(short.cores, Duration::from_millis(600));
+        assert_eq!(short.writer, Duration::from_millis(800));
+        assert_eq!(short.total, secs(1));
     }
 }

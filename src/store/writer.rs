@@ -67,9 +67,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest the loop sleeps when it is not waiting on the channel.
 const IDLE_TICK: Duration = Duration::from_millis(10);
-/// How long `shutdown_and_join` waits past the deadline for the thread to
-/// notice it (it may be inside a blocking call).
-const JOIN_GRACE: Duration = Duration::from_secs(2);
 
 /// The running writer thread.
 pub struct WriterHandle {
@@ -117,11 +114,13 @@ pub fn spawn(
 impl WriterHandle {
     /// Lets the writer finish: it exits once the channel is closed (every
     /// sender dropped), everything received is committed and the outboxes
-    /// are drained once more, or when `deadline` has passed (what is left is
-    /// logged; outbox entries stay in Redis and are replayed on next start).
-    pub fn shutdown_and_join(self, deadline: Duration) {
-        self.stop.request(Instant::now() + deadline);
-        match self.done.recv_timeout(deadline + JOIN_GRACE) {
+    /// are drained once more, or at `stop_at` (what is left is logged;
+    /// outbox entries stay in Redis and are replayed on next start). Waits
+    /// for the thread until `give_up_at` (it may be inside a blocking call
+    /// at `stop_at`), then leaves it behind.
+    pub fn shutdown_and_join(self, stop_at: Instant, give_up_at: Instant) {
+        self.stop.request(stop_at);
+        match self.done.recv_deadline(give_up_at) {
             Err(RecvTimeoutError::Disconnected) | Ok(()) => {
                 if self.thread.join().is_err() {
                     tracing::error!("the Postgres writer thread panicked");
