@@ -1,6 +1,8 @@
 //! `flashsale check --sale N`: compares one sale's Redis state (the judge)
 //! with its Postgres records and prints every difference. Purchases still in
-//! the outbox stream count as recorded-in-flight. Exit status: 0 consistent,
+//! the outbox stream count as recorded-in-flight (unless Postgres records
+//! their item with another code: a double sale); purchases in the sale's
+//! dead letter are never recorded, and each is a difference. Exit status: 0 consistent,
 //! 1 differences, 2 could not check. Best run on a quiet sale; under traffic
 //! a purchase can land between two reads, so a differing result is re-read
 //! a few times before it is reported.
@@ -14,16 +16,22 @@ use crate::sale::sold_map::sold_numbers;
 use crate::sale::split_item_id;
 use crate::store::outbox;
 
+/// Dead-letter entries printed in full; the rest are counted.
+const DEAD_SAMPLE: usize = 20;
+
 /// What the checker read about one sale.
 #[derive(Debug, Default)]
 struct Snapshot {
     pg_sale: Option<(u32, u32)>,
     redis_meta: Option<(u32, u32, u64)>,
     sold_bits: BTreeSet<u32>,
-    /// item id → user id, from Postgres.
-    pg_purchases: BTreeMap<i64, i64>,
-    /// (item id, user id) still waiting in the outbox.
-    pending: Vec<(i64, i64)>,
+    /// item id → (user id, code), from Postgres.
+    pg_purchases: BTreeMap<i64, (i64, String)>,
+    /// (item id, user id, code) still waiting in the outbox.
+    pending: Vec<(i64, i64, String)>,
+    /// Entries in the sale's dead letter, and the first few of them.
+    dead_letters: u64,
+    dead_letter_sample: Vec<String>,
     /// user id → `bought` counter in Redis (users whose keys have not expired).
     redis_bought: BTreeMap<i64, u64>,
 }
@@ -63,7 +71,11 @@ fn summary(sale_id: i64, s: &Snapshot) -> String {
         s.sold_bits.len(),
         s.pg_purchases.len(),
         s.pending.len(),
-        s.pg_purchases.values().collect::<BTreeSet<_>>().len()
+        s.pg_purchases
+            .values()
+            .map(|(user, _)| user)
+            .collect::<BTreeSet<_>>()
+            .len()
     )
 }
 
@@ -148,20 +160,29 @@ fn read(redis_url: &str, database_url: &str, sale_id: i64) -> Result<Snapshot> {
     let mut after: Option<String> = None;
     loop {
         let batch = outbox::read(&mut redis, sale_id, after.as_deref(), 5000)?;
-        snapshot
-            .pending
-            .extend(batch.entries.iter().map(|e| (e.item_id, e.user_id)));
+        snapshot.pending.extend(
+            batch
+                .entries
+                .iter()
+                .map(|e| (e.item_id, e.user_id, e.code.clone())),
+        );
         if batch.raw_count < 5000 {
             break;
         }
         after = batch.last_id;
     }
+    snapshot.dead_letters = outbox::dead_letter_len(&mut redis, sale_id)?;
+    if snapshot.dead_letters > 0 {
+        snapshot.dead_letter_sample = outbox::read_dead_letter(&mut redis, sale_id, DEAD_SAMPLE)?;
+    }
 
     for row in pg.query(
-        "SELECT item_id, user_id FROM purchases WHERE sale_id = $1",
+        "SELECT item_id, user_id, code FROM purchases WHERE sale_id = $1",
         &[&sale_id],
     )? {
-        snapshot.pg_purchases.insert(row.get(0), row.get(1));
+        snapshot
+            .pg_purchases
+            .insert(row.get(0), (row.get(1), row.get(2)));
     }
     if snapshot.pg_sale.is_none() && snapshot.redis_meta.is_none() {
         return Err(Error::new(
@@ -221,15 +242,34 @@ fn differences(sale_id: i64, s: &Snapshot) -> Vec<String> {
         ));
     }
 
-    // Recorded purchases: Postgres rows plus what waits in the outbox.
-    let mut recorded: BTreeMap<i64, i64> = s.pg_purchases.clone();
-    for &(item, user) in &s.pending {
-        match recorded.get(&item) {
-            Some(&other) if other != user => out.push(format!(
-                "item {item} recorded for user {other} and pending for user {user}"
+    if s.dead_letters > 0 {
+        out.push(format!(
+            "{} purchase(s) in the dead letter {}: sold in redis, never recorded in postgres",
+            s.dead_letters,
+            crate::redis_client::keys::outbox_dead_letter(sale_id)
+        ));
+        for entry in &s.dead_letter_sample {
+            out.push(format!("dead letter: {entry}"));
+        }
+        if s.dead_letters > s.dead_letter_sample.len() as u64 {
+            out.push(format!(
+                "dead letter: ... and {} more",
+                s.dead_letters - s.dead_letter_sample.len() as u64
+            ));
+        }
+    }
+
+    // Recorded purchases: Postgres rows plus what waits in the outbox (a
+    // replay of a recorded purchase has its code).
+    let mut recorded: BTreeMap<i64, (i64, String)> = s.pg_purchases.clone();
+    for (item, user, code) in &s.pending {
+        match recorded.get(item) {
+            Some((other, other_code)) if other_code != code => out.push(format!(
+                "item {item} recorded for user {other} (code {other_code}) and pending for user {user} (code {code}): a double sale"
             )),
-            _ => {
-                recorded.insert(item, user);
+            Some(_) => {}
+            None => {
+                recorded.insert(*item, (*user, code.clone()));
             }
         }
     }
@@ -257,8 +297,8 @@ fn differences(sale_id: i64, s: &Snapshot) -> Vec<String> {
     }
 
     let mut per_user: BTreeMap<i64, u64> = BTreeMap::new();
-    for &user in recorded.values() {
-        *per_user.entry(user).or_default() += 1;
+    for (user, _) in recorded.values() {
+        *per_user.entry(*user).or_default() += 1;
     }
     for (&user, &count) in &per_user {
         if count > u64::from(limit) {
@@ -295,9 +335,11 @@ mod tests {
             ..Snapshot::default()
         };
         s.sold_bits.extend([1, 2, 5]);
-        s.pg_purchases.insert(7_000_001, 100);
-        s.pg_purchases.insert(7_000_002, 100);
-        s.pending.push((7_000_005, 200));
+        s.pg_purchases.insert(7_000_001, (100, "c1".into()));
+        s.pg_purchases.insert(7_000_002, (100, "c1".into()));
+        s.pending.push((7_000_005, 200, "c2".into()));
+        // a replay of a recorded purchase
+        s.pending.push((7_000_001, 100, "c1".into()));
         s.redis_bought.insert(100, 2);
         s.redis_bought.insert(200, 1);
         s
@@ -312,8 +354,8 @@ mod tests {
     fn finds_each_kind_of_difference() {
         let mut s = consistent();
         s.sold_bits.insert(9); // sold without a record, and counter off
-        s.pg_purchases.insert(7_000_003, 100); // record without a bit; user 100 past limit
-        s.pending.push((7_000_001, 300)); // same item for two users
+        s.pg_purchases.insert(7_000_003, (100, "c1".into())); // record without a bit; user 100 past limit
+        s.pending.push((7_000_001, 300, "c3".into())); // same item for two codes
         let found = differences(7, &s);
         let has = |needle: &str| found.iter().any(|l| l.contains(needle));
         assert!(has("redis sold counter 3 != 4"), "{found:?}");
@@ -330,11 +372,35 @@ mod tests {
             "{found:?}"
         );
         assert!(
-            has("item 7000001 recorded for user 100 and pending for user 300"),
+            has(
+                "item 7000001 recorded for user 100 (code c1) and pending for user 300 (code c3): a double sale"
+            ),
             "{found:?}"
         );
         assert!(
             has("user 100: redis counts 2 bought, records show 3"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn dead_letters_are_differences() {
+        let mut s = consistent();
+        s.sold_bits.insert(8);
+        s.redis_meta = Some((10, 2, 4));
+        s.redis_bought.insert(400, 1);
+        s.dead_letters = 1;
+        s.dead_letter_sample
+            .push("item=7000008 user=400 code=c4 at=1 reason=refused outbox_id=1-0".into());
+        let found = differences(7, &s);
+        let has = |needle: &str| found.iter().any(|l| l.contains(needle));
+        assert!(
+            has("1 purchase(s) in the dead letter {sale:7}:outbox:dead"),
+            "{found:?}"
+        );
+        assert!(has("dead letter: item=7000008 user=400"), "{found:?}");
+        assert!(
+            has("item 7000008 is sold in redis but has no purchase row"),
             "{found:?}"
         );
     }

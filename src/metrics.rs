@@ -50,6 +50,9 @@ const STATUS_SLOTS: usize = STATUSES.len() + 1;
 /// Checkout outcomes counted on their own (see `sale::CheckoutOutcome`).
 pub const CHECKOUT_OUTCOMES: [&str; 4] = ["ok", "item_sold", "limit_reached", "item_not_found"];
 
+/// Why outbox entries are moved to a dead letter (see `store::outbox::DeadReason`).
+pub const DEAD_LETTER_REASONS: [&str; 3] = ["malformed", "refused", "double_sale"];
+
 /// Upper bounds of the latency buckets, in microseconds.
 const LATENCY_BOUNDS_US: [u64; 16] = [
     50, 100, 200, 300, 500, 750, 1_000, 2_000, 3_000, 5_000, 10_000, 25_000, 50_000, 100_000,
@@ -204,6 +207,9 @@ pub struct WriterMetrics {
     rows_written: [AtomicU64; 3],
     postgres_errors: AtomicU64,
     outbox_pending: AtomicU64,
+    outbox_retries: AtomicU64,
+    dead_lettered: [AtomicU64; DEAD_LETTER_REASONS.len()],
+    dead_letters: AtomicU64,
 }
 
 /// Tables the writer counts rows for.
@@ -224,6 +230,9 @@ impl WriterMetrics {
             rows_written: [const { AtomicU64::new(0) }; 3],
             postgres_errors: AtomicU64::new(0),
             outbox_pending: AtomicU64::new(0),
+            outbox_retries: AtomicU64::new(0),
+            dead_lettered: [const { AtomicU64::new(0) }; DEAD_LETTER_REASONS.len()],
+            dead_letters: AtomicU64::new(0),
         }
     }
 
@@ -241,6 +250,29 @@ impl WriterMetrics {
     /// Purchases seen in Redis outboxes and not yet committed to Postgres.
     pub fn set_outbox_pending(&self, n: u64) {
         self.outbox_pending.store(n, Ordering::Relaxed);
+    }
+
+    /// Outbox entries Postgres could not take yet (a row they reference is
+    /// missing); they stay in the outbox and are tried again.
+    pub fn outbox_retries(&self, n: u64) {
+        bump(&self.outbox_retries, n);
+    }
+
+    /// One outbox entry moved to a dead letter, for `reason` (one of
+    /// `DEAD_LETTER_REASONS`).
+    pub fn dead_lettered(&self, reason: &str) {
+        if let Some(i) = DEAD_LETTER_REASONS.iter().position(|&r| r == reason) {
+            bump(&self.dead_lettered[i], 1);
+        }
+    }
+
+    /// Entries in every sale's dead letter (last count).
+    pub fn set_dead_letters(&self, n: u64) {
+        self.dead_letters.store(n, Ordering::Relaxed);
+    }
+
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letters.load(Ordering::Relaxed)
     }
 }
 
@@ -352,7 +384,7 @@ impl Registry {
             );
         }
 
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 9] = [
             (
                 "flashsale_items_sold_total",
                 "Items sold by purchases answered by this process.",
@@ -393,6 +425,11 @@ impl Registry {
                 "Postgres errors seen by the writer and the rotator.",
                 self.writer.postgres_errors.load(Ordering::Relaxed),
             ),
+            (
+                "flashsale_outbox_retries_total",
+                "Outbox entries Postgres could not take yet (a row they reference is missing), per attempt; they stay in the outbox and are retried.",
+                self.writer.outbox_retries.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -401,7 +438,7 @@ impl Registry {
             );
         }
 
-        let gauges: [(&str, &str, u64); 3] = [
+        let gauges: [(&str, &str, u64); 4] = [
             (
                 "flashsale_connections_open",
                 "Connections open now.",
@@ -417,11 +454,28 @@ impl Registry {
                 "Purchases in Redis outboxes not yet committed to Postgres (last sweep).",
                 self.writer.outbox_pending.load(Ordering::Relaxed),
             ),
+            (
+                "flashsale_outbox_dead_letters",
+                "Purchases in the dead-letter streams of every sale: bought in Redis, never recorded in Postgres; an operator must look (last count).",
+                self.writer.dead_letters(),
+            ),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+
+        out.push_str(
+            "# HELP flashsale_outbox_dead_lettered_total Outbox entries this process moved to a dead letter, by reason.\n",
+        );
+        out.push_str("# TYPE flashsale_outbox_dead_lettered_total counter\n");
+        for (i, reason) in DEAD_LETTER_REASONS.iter().enumerate() {
+            let n = self.writer.dead_lettered[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "flashsale_outbox_dead_lettered_total{{reason=\"{reason}\"}} {n}"
             );
         }
 
@@ -536,5 +590,11 @@ mod tests {
         assert!(text.contains("flashsale_request_duration_seconds_count{route=\"checkout\"} 3"));
         assert!(text.contains("flashsale_checkout_outcomes_total{outcome=\"item_sold\"} 1"));
         assert!(text.contains("flashsale_writer_queue_depth 7"));
+        registry.writer.dead_lettered("double_sale");
+        registry.writer.set_dead_letters(3);
+        let text = registry.render(0);
+        assert!(text.contains("flashsale_outbox_dead_lettered_total{reason=\"double_sale\"} 1"));
+        assert!(text.contains("flashsale_outbox_dead_lettered_total{reason=\"refused\"} 0"));
+        assert!(text.contains("flashsale_outbox_dead_letters 3"));
     }
 }

@@ -1,5 +1,6 @@
-//! Fault injection: kill -9 under load, Postgres down, Redis down and back,
-//! Redis restarted from its AOF mid-sale, graceful SIGTERM/SIGINT.
+//! Fault injection: kill -9 under load, Postgres down, Postgres crashed,
+//! Redis down and back, Redis restarted from its AOF mid-sale, graceful
+//! SIGTERM/SIGINT.
 //!
 //! Every test runs on its own private Redis and Postgres (tests/common/
 //! services.rs), never on the shared ones, and compares what the clients were
@@ -55,6 +56,10 @@ struct Stats {
     purchases_ok: AtomicU64,
     answered_503: AtomicU64,
     unanswered: AtomicU64,
+    /// Set by `Load::pause`: workers stop sending between two requests.
+    pause: AtomicBool,
+    /// Workers that saw `pause` and sent nothing since.
+    paused_workers: AtomicU64,
 }
 
 struct LoadConfig {
@@ -120,6 +125,20 @@ impl Load {
         self.stats.purchases_ok.load(Ordering::Relaxed)
     }
 
+    /// Stops every worker between two requests and waits until none has a
+    /// request in flight.
+    fn pause(&self) {
+        self.stats.pause.store(true, Ordering::SeqCst);
+        let workers = self.handles.len() as u64;
+        eventually(Duration::from_secs(20), "load workers paused", || {
+            self.stats.paused_workers.load(Ordering::SeqCst) == workers
+        });
+    }
+
+    fn resume(&self) {
+        self.stats.pause.store(false, Ordering::SeqCst);
+    }
+
     /// Waits until `more` purchases beyond now were answered 200.
     fn wait_purchases(&self, more: u64, timeout: Duration, what: &str) {
         let target = self.purchases_ok() + more;
@@ -165,6 +184,14 @@ impl Worker {
         let mut pending: Vec<(i64, String)> = Vec::new();
         let span = (users.end - users.start) as u64;
         while !stop.load(Ordering::Relaxed) {
+            if self.stats.pause.load(Ordering::SeqCst) {
+                self.stats.paused_workers.fetch_add(1, Ordering::SeqCst);
+                while self.stats.pause.load(Ordering::SeqCst) && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                self.stats.paused_workers.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
             if let Some((user, code)) = pending.pop()
                 && !self.purchase(user, &code)
             {
@@ -813,6 +840,207 @@ fn postgres_down_sales_go_on_and_nothing_is_lost() {
     );
     let out = outcomes(&seen, LIMIT as usize);
     assert_all_recorded(&rig, sale.id, ITEMS, LIMIT as usize, &seen, &out, false);
+}
+
+/// Postgres crashes (every process SIGKILLed, no shutdown) under checkout and
+/// purchase load. Checkout batches commit asynchronously, so the crash loses
+/// the last of them, and with them `users` rows. Under load only the last
+/// partial WAL page is at risk (each completed page wakes the WAL writer),
+/// so to make the loss certain rather than likely: the WAL writer's delay
+/// is set to its 10 s maximum, the load pauses, a group of buyers new to
+/// Postgres check out, and once their `users` rows are committed (visible;
+/// their WAL only in Postgres's memory) every Postgres process is killed.
+/// After the restart the load resumes and the fresh buyers buy. Every
+/// purchase answered 200 must be in `purchases`, none in a dead letter,
+/// every user seen in `checkouts` must be in `users`, and the checker must
+/// find the sale consistent.
+#[test]
+fn postgres_crash_loses_no_acknowledged_purchase() {
+    const ITEMS: u32 = 20_000;
+    const LIMIT: u32 = 10;
+    /// Items above this are kept for the fresh buyers.
+    const LOAD_ITEMS: u32 = ITEMS - 1_000;
+    const FRESH: u32 = 60;
+    const FIRST_FRESH_USER: i64 = 50_000_001;
+    let mut rig = Rig::start(ServerConfig::new(ITEMS, LIMIT));
+    let addr = rig.addr();
+    let sale = rig.server().active_sale();
+    {
+        let mut admin = rig.pg.client();
+        // The rotator prepares the next sale's rows at once: let it finish,
+        // so that nothing but the load writes to Postgres from here on.
+        eventually(
+            Duration::from_secs(30),
+            "the next sale's items in Postgres",
+            || {
+                admin
+                    .query_one("SELECT count(*) FROM items", &[])
+                    .is_ok_and(|row| row.get::<_, i64>(0) == 2 * i64::from(ITEMS))
+            },
+        );
+        for sql in [
+            "ALTER SYSTEM SET wal_writer_delay = '10s'",
+            "ALTER SYSTEM SET wal_writer_flush_after = '1GB'",
+            // No autovacuum transaction to write WAL at the crash.
+            "ALTER SYSTEM SET autovacuum = off",
+            "SELECT pg_reload_conf()",
+            // The sale's rows (and everything so far) are on disk.
+            "CHECKPOINT",
+        ] {
+            admin.batch_execute(sql).expect(sql);
+        }
+    }
+    let load = Load::start(
+        addr,
+        sale.id,
+        LoadConfig {
+            workers: 4,
+            users: 2000,
+            items: LOAD_ITEMS,
+            pace: Duration::from_millis(3),
+            settle: Duration::from_secs(5),
+        },
+    );
+    load.wait_purchases(100, Duration::from_secs(20), "purchases before the crash");
+
+    // Quiet, then fresh buyers check out; once their users rows are
+    // committed, crash.
+    load.pause();
+    eventually(
+        Duration::from_secs(10),
+        "writer queue depth 0 before the fresh checkouts",
+        || rig.server().metric("flashsale_writer_queue_depth") == Some(0.0),
+    );
+    let fresh: Vec<(i64, i64)> = (0..FRESH)
+        .map(|k| {
+            (
+                FIRST_FRESH_USER + i64::from(k),
+                sale.item(LOAD_ITEMS + 1 + k),
+            )
+        })
+        .collect();
+    let fresh_ids: Vec<i64> = fresh.iter().map(|(u, _)| *u).collect();
+    let mut watcher = rig.pg.client();
+    let mut conn = rig.server().connect();
+    let mut codes = Vec::new();
+    for &(user, item) in &fresh {
+        let r = conn.checkout(user, item);
+        r.assert_status(200);
+        codes.push(r.str("code"));
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the fresh buyers' users rows committed by the writer",
+        || {
+            watcher
+                .query_one(
+                    "SELECT count(*) FROM users WHERE id = ANY($1)",
+                    &[&fresh_ids],
+                )
+                .is_ok_and(|row| row.get::<_, i64>(0) == i64::from(FRESH))
+        },
+    );
+    rig.pg.crash();
+    drop(watcher);
+    let purchases_at_crash = load.purchases_ok();
+    rig.pg.start_again();
+    load.resume();
+    eventually(
+        Duration::from_secs(30),
+        "GET /health 200 after the Postgres restart",
+        || health_is(addr, 200, "postgres", "ok"),
+    );
+    let lost_users: i64 = rig
+        .pg
+        .client()
+        .query_one(
+            "SELECT $2 - count(*) FROM users WHERE id = ANY($1)",
+            &[&fresh_ids, &i64::from(FRESH)],
+        )
+        .expect("count fresh users")
+        .get(0);
+    eprintln!("the crash lost {lost_users} of the {FRESH} fresh buyers' users rows");
+    assert!(
+        lost_users > 0,
+        "the crash lost none of the fresh buyers' users rows: the test did not set up the race"
+    );
+
+    // The fresh buyers buy (Redis decides; the answers are 200).
+    let mut conn = rig.server().connect();
+    let mut fresh_bought: BTreeMap<i64, (i64, String)> = BTreeMap::new();
+    for (&(user, item), code) in fresh.iter().zip(&codes) {
+        let r = conn.purchase(code);
+        r.assert_status(200);
+        assert_eq!(r.ids("purchased"), vec![item], "{r}");
+        fresh_bought.insert(item, (user, code.clone()));
+    }
+    load.wait_purchases(50, Duration::from_secs(20), "purchases after the restart");
+    let seen = load.finish();
+    eprintln!(
+        "{purchases_at_crash} load purchases before the crash; {}",
+        summary(&seen)
+    );
+
+    // Every fresh purchase reaches Postgres.
+    let mut pg = rig.pg.client();
+    let mut redis = rig.redis.connect();
+    let dead_key = format!("{{sale:{}}}:outbox:dead", sale.id);
+    let mut missing = Vec::new();
+    let recorded = wait_until(Duration::from_secs(30), || {
+        let rows = pg_purchases(&mut pg, sale.id);
+        missing = fresh_bought
+            .iter()
+            .filter(|(item, want)| rows.get(*item) != Some(*want))
+            .map(|(item, _)| *item)
+            .collect();
+        missing.is_empty()
+    });
+    let dead: i64 = redis::cmd("XLEN")
+        .arg(&dead_key)
+        .query(&mut redis)
+        .expect("XLEN dead letter");
+    assert!(
+        recorded,
+        "{} of {FRESH} purchases answered 200 (buyers whose users rows the crash lost: {lost_users}) \
+         are not in Postgres after 30 s; outbox {}, dead letter {dead}; first missing item {:?}",
+        missing.len(),
+        outbox_len(&mut redis, sale.id),
+        missing.first()
+    );
+
+    // And every purchase of the load, with nothing in a dead letter.
+    let mut out = outcomes(&seen, LIMIT as usize);
+    for (item, (user, code)) in &fresh_bought {
+        out.known.insert(code.clone(), (*user, vec![*item]));
+        out.bought.insert(*item, code.clone());
+    }
+    assert_purchases_recorded(&rig, sale.id, ITEMS, LIMIT as usize, &out);
+    assert_eq!(dead, 0, "purchases in the dead letter {dead_key}");
+    let r = health(addr).expect("/health answers");
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.i64("dead_letters"), 0, "{r}");
+    assert_eq!(
+        rig.server().metric("flashsale_outbox_dead_letters"),
+        Some(0.0)
+    );
+
+    // Every user seen in a checkout that Postgres kept has a users row:
+    // the writer forgot what it knew of users when Postgres went away.
+    eventually(
+        Duration::from_secs(10),
+        "writer queue depth back to 0",
+        || rig.server().metric("flashsale_writer_queue_depth") == Some(0.0),
+    );
+    let orphans: i64 = pg
+        .query_one(
+            "SELECT count(DISTINCT user_id) FROM checkouts c \
+             WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = c.user_id)",
+            &[],
+        )
+        .expect("count users missing from users")
+        .get(0);
+    assert_eq!(orphans, 0, "users in checkouts without a users row");
+    rig.assert_consistent(sale.id);
 }
 
 /// One checkout on `conn`, recorded in `seen`.

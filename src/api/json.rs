@@ -52,6 +52,10 @@ pub struct HealthBody {
     pub status: &'static str,
     pub redis: &'static str,
     pub postgres: &'static str,
+    /// Purchases in dead letters (sold in Redis, never recorded in
+    /// Postgres): not a reason to take the instance out of rotation, but
+    /// an operator must look.
+    pub dead_letters: u64,
 }
 
 /// RFC 3339 (UTC, seconds) of a Unix time.

@@ -147,6 +147,7 @@ impl Api {
                 status: if healthy { "ok" } else { "degraded" },
                 redis: up(redis_up),
                 postgres: up(postgres_up),
+                dead_letters: registry().writer.dead_letters(),
             },
         );
         let mut head = ResponseHead::json(if healthy { 200 } else { 503 });

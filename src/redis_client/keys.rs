@@ -40,11 +40,17 @@ pub fn outbox(sale_id: i64) -> String {
     format!("{{sale:{sale_id}}}:outbox")
 }
 
-/// Where outbox entries that can never be recorded are moved when their sale
-/// is closed out, for an operator to inspect.
+/// Where outbox entries that can never be recorded are moved (a stream of
+/// the entry's fields plus `reason` and `outbox_id`), for an operator to
+/// inspect; the server never deletes it.
 pub fn outbox_dead_letter(sale_id: i64) -> String {
     format!("{{sale:{sale_id}}}:outbox:dead")
 }
+
+/// The set of sale ids that have (or had) a dead-letter stream, so that the
+/// writer can count dead letters without scanning the keyspace. Not a sale
+/// key (no hash tag): only the writer uses it, never a script.
+pub const DEAD_LETTER_INDEX: &str = "flashsale:dead-letters";
 
 #[cfg(test)]
 mod tests {

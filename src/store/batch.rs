@@ -1,11 +1,13 @@
-//! How a batch of rows reaches Postgres in one transaction: the users not
-//! yet known to be there (`INSERT … SELECT … FROM UNNEST(…) ON CONFLICT DO
-//! NOTHING`), then the checkouts (`COPY … FROM STDIN (FORMAT binary)`, the
-//! cheapest way in for an append-only log) or the purchases (`INSERT … FROM
-//! UNNEST(…) ON CONFLICT DO NOTHING`, idempotent). Rows Postgres refuses as
-//! data are isolated by bisection so that one bad row cannot block its batch.
+//! How a batch of rows reaches Postgres in one transaction: its users
+//! (`INSERT … SELECT … FROM UNNEST(…) ON CONFLICT DO NOTHING`), then the
+//! checkouts (`COPY … FROM STDIN (FORMAT binary)`, the cheapest way in for an
+//! append-only log) or the purchases (`INSERT … FROM UNNEST(…) ON CONFLICT DO
+//! NOTHING`, idempotent, with a check that a conflicting row is the same
+//! purchase and not a double sale). What a refusal means (`classify`: never
+//! insertable, not yet insertable, or no answer at all) and the bisection
+//! that isolates refused rows so that one cannot block its batch live here.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,6 +26,11 @@ const CHECKOUTS_COPY: &str = "COPY checkouts (sale_id, user_id, item_id, code, o
 const PURCHASES_SQL: &str = "INSERT INTO purchases (sale_id, item_id, user_id, code, created_at)
      SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[])
      ON CONFLICT DO NOTHING";
+
+/// The codes recorded for the given (sale, item) pairs: run when the insert
+/// skipped rows, to tell a replay (same code) from a double sale.
+const RECORDED_CODES_SQL: &str = "SELECT p.item_id, p.code FROM purchases p
+     JOIN UNNEST($1::bigint[], $2::bigint[]) AS r (sale_id, item_id) USING (sale_id, item_id)";
 
 /// Unix milliseconds as a `timestamptz` parameter.
 fn timestamp(ms: i64) -> SystemTime {
@@ -90,13 +97,21 @@ impl Hasher for IdHasher {
     }
 }
 
-/// User ids this writer has committed to `users`, so that a crowd's repeat
-/// visitors cost Postgres no index probe per batch. Bounded: past `capacity`
-/// ids it forgets them all and starts over (a forgotten user costs one
+/// User ids checkout batches have committed to `users`, so that a crowd's
+/// repeat visitors cost Postgres no index probe per checkout batch. Those
+/// commits are asynchronous, so a Postgres crash can lose them: the memory
+/// is only trusted on the connections of the same Postgres run. It is
+/// forgotten whenever the pool opened a connection since it was filled
+/// (after a crash every connection is new) and on every Postgres error.
+/// Purchases never use it: they upsert their users every time (the foreign
+/// key must hold in their own transaction). Bounded: past `capacity` ids it
+/// forgets them all and starts over (a forgotten user costs one
 /// `ON CONFLICT` probe again, nothing more).
 pub(crate) struct KnownUsers {
     ids: HashSet<i64, BuildHasherDefault<IdHasher>>,
     capacity: usize,
+    /// `super::connections_opened()` when the ids were committed.
+    epoch: u64,
 }
 
 impl KnownUsers {
@@ -104,6 +119,23 @@ impl KnownUsers {
         KnownUsers {
             ids: HashSet::default(),
             capacity,
+            epoch: 0,
+        }
+    }
+
+    /// Forgets everything (Postgres failed: what it committed asynchronously
+    /// may be gone).
+    pub(crate) fn forget(&mut self) {
+        self.ids.clear();
+    }
+
+    /// Forgets everything when the pool has opened a connection since the
+    /// ids were remembered: call with `super::connections_opened()` read
+    /// after the batch's connection was taken from the pool.
+    pub(crate) fn check_epoch(&mut self, connections_opened: u64) {
+        if connections_opened != self.epoch {
+            self.ids.clear();
+            self.epoch = connections_opened;
         }
     }
 
@@ -119,36 +151,71 @@ impl KnownUsers {
     }
 }
 
-/// Whether Postgres refused the rows themselves (data exception, integrity
-/// violation), so retrying them as they are cannot succeed.
-pub(crate) fn is_data_error(e: &postgres::Error) -> bool {
+/// What a failed statement means for its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// Postgres refused the rows' values: as they are, they can never be
+    /// inserted (data exception, NOT NULL, CHECK, unique or exclusion
+    /// violation).
+    Refused,
+    /// Postgres refused the rows for now: a row they depend on is missing
+    /// (foreign key), which a later attempt can find. Retried, never given up.
+    NotYet,
+    /// No verdict on the rows (connection lost, server shutting down,
+    /// serialization failure, ...): Postgres is treated as failing.
+    Outage,
+}
+
+/// Classifies a Postgres error by its SQLSTATE. Only what certainly depends
+/// on the rows' own values is `Refused`; an integrity violation that another
+/// row can cure is `NotYet`; anything without a SQLSTATE of those classes is
+/// an `Outage`.
+pub(crate) fn classify(e: &postgres::Error) -> Failure {
     e.code()
-        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+        .map_or(Failure::Outage, |c| classify_sqlstate(c.code()))
+}
+
+fn classify_sqlstate(code: &str) -> Failure {
+    match code {
+        // not_null_violation, unique_violation, check_violation,
+        // exclusion_violation: the row's own values break the constraint.
+        "23502" | "23505" | "23514" | "23P01" => Failure::Refused,
+        // foreign_key_violation (the parent row is missing: after a crash
+        // lost it, or before another writer commits it), restrict_violation,
+        // and the unspecific 23000: another row decides, which can change.
+        c if c.starts_with("23") => Failure::NotYet,
+        // data_exception: a value out of range, malformed, too long.
+        c if c.starts_with("22") => Failure::Refused,
+        _ => Failure::Outage,
+    }
 }
 
 /// What `write_bisecting` did.
 #[derive(Debug)]
 pub(crate) struct BisectOutcome<E> {
-    /// Per row: committed or refused (either way, no longer pending).
+    /// Per row: committed or refused for good (either way, no longer pending).
     pub(crate) done: Vec<bool>,
-    /// Rows refused on their own, in order.
+    /// Rows refused for good on their own, in order.
     pub(crate) rejected: Vec<usize>,
-    /// The error that stopped the writing (not a data error).
+    /// Rows refused for now on their own, in order (not done: retry later).
+    pub(crate) deferred: Vec<usize>,
+    /// The error that stopped the writing (an outage).
     pub(crate) error: Option<E>,
 }
 
 /// Writes `rows` with `write` (one transaction per call). When the rows are
-/// refused as data, splits them in halves until the offending rows are
-/// isolated, so that one bad row cannot block its batch forever. Stops at
-/// the first other error, leaving the rest not done.
+/// refused (for good or for now), splits them in halves until the offending
+/// rows are isolated, so that one row cannot block its batch. Stops at the
+/// first outage, leaving the rest not done.
 pub(crate) fn write_bisecting<T, E>(
     rows: &[T],
     mut write: impl FnMut(&[T]) -> Result<(), E>,
-    is_data: impl Fn(&E) -> bool,
+    classify: impl Fn(&E) -> Failure,
 ) -> BisectOutcome<E> {
     let mut outcome = BisectOutcome {
         done: vec![false; rows.len()],
         rejected: Vec::new(),
+        deferred: Vec::new(),
         error: None,
     };
     // Ranges still to write, the next on top.
@@ -159,10 +226,14 @@ pub(crate) fn write_bisecting<T, E>(
         }
         match write(&rows[from..to]) {
             Ok(()) => outcome.done[from..to].fill(true),
-            Err(e) if is_data(&e) => {
+            Err(e) if classify(&e) != Failure::Outage => {
                 if to - from == 1 {
-                    outcome.done[from] = true;
-                    outcome.rejected.push(from);
+                    if classify(&e) == Failure::Refused {
+                        outcome.done[from] = true;
+                        outcome.rejected.push(from);
+                    } else {
+                        outcome.deferred.push(from);
+                    }
                 } else {
                     let mid = from + (to - from) / 2;
                     stack.push((mid, to));
@@ -178,8 +249,9 @@ pub(crate) fn write_bisecting<T, E>(
     outcome
 }
 
-/// Distinct user ids not known to be in `users`, ascending (a stable lock
-/// order across instances), each with the earliest time it was seen.
+/// Distinct user ids (less those `known` to be in `users`), ascending (a
+/// stable lock order across instances), each with the earliest time it was
+/// seen.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct UserColumns {
     ids: Vec<i64>,
@@ -187,10 +259,10 @@ struct UserColumns {
 }
 
 impl UserColumns {
-    fn build(seen: impl IntoIterator<Item = (i64, i64)>, known: &KnownUsers) -> Self {
+    fn build(seen: impl IntoIterator<Item = (i64, i64)>, known: Option<&KnownUsers>) -> Self {
         let mut first: BTreeMap<i64, i64> = BTreeMap::new();
         for (user, at_ms) in seen {
-            if known.contains(user) {
+            if known.is_some_and(|k| k.contains(user)) {
                 continue;
             }
             first
@@ -252,7 +324,7 @@ pub(crate) fn insert_checkouts(
     rows: &[CheckoutRecord],
     known: &mut KnownUsers,
 ) -> Result<(u64, u64), postgres::Error> {
-    let users = UserColumns::build(rows.iter().map(|r| (r.user_id, r.at_ms)), known);
+    let users = UserColumns::build(rows.iter().map(|r| (r.user_id, r.at_ms)), Some(known));
     let mut tx = client.transaction()?;
     tx.batch_execute("SET LOCAL synchronous_commit = off")?;
     let new_users = users.insert(&mut tx)?;
@@ -267,14 +339,28 @@ pub(crate) fn insert_checkouts(
     Ok((new_users, inserted))
 }
 
-/// Users, then purchases (idempotent), in one transaction. Returns rows
-/// inserted into each.
+/// What one purchases transaction committed.
+#[derive(Debug, Default)]
+pub(crate) struct PurchasesWritten {
+    pub(crate) new_users: u64,
+    pub(crate) inserted: u64,
+    /// Entries whose item Postgres already records as bought with another
+    /// code: a double sale, which the insert skipped.
+    pub(crate) double_sales: Vec<usize>,
+}
+
+/// Users, then purchases (idempotent), in one transaction that commits
+/// synchronously (the outbox entries are deleted after it). Every user of
+/// the batch is upserted, whatever checkout batches did before: their
+/// commits are asynchronous and a crash may have lost them, and the
+/// purchase's foreign key must hold in its own transaction. A row skipped
+/// by `ON CONFLICT` is a replay when the recorded purchase has the entry's
+/// code, and a double sale otherwise (reported, never inserted).
 pub(crate) fn insert_purchases(
     client: &mut Client,
     entries: &[OutboxEntry],
-    known: &mut KnownUsers,
-) -> Result<(u64, u64), postgres::Error> {
-    let users = UserColumns::build(entries.iter().map(|e| (e.user_id, e.at_ms)), known);
+) -> Result<PurchasesWritten, postgres::Error> {
+    let users = UserColumns::build(entries.iter().map(|e| (e.user_id, e.at_ms)), None);
     let p = PurchaseColumns::build(entries);
     let created: Vec<SystemTime> = p.at_ms.iter().map(|&ms| timestamp(ms)).collect();
     let mut tx = client.transaction()?;
@@ -283,14 +369,45 @@ pub(crate) fn insert_purchases(
         PURCHASES_SQL,
         &[&p.sale_ids, &p.item_ids, &p.user_ids, &p.codes, &created],
     )?;
+    let mut double_sales = Vec::new();
+    if inserted < entries.len() as u64 {
+        let recorded: HashMap<i64, String> = tx
+            .query(RECORDED_CODES_SQL, &[&p.sale_ids, &p.item_ids])?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        double_sales = double_sales_among(entries, &recorded);
+    }
     tx.commit()?;
-    known.remember(&users.ids);
-    Ok((new_users, inserted))
+    Ok(PurchasesWritten {
+        new_users,
+        inserted,
+        double_sales,
+    })
+}
+
+/// Entries (by index) whose item is recorded with another code. `recorded`
+/// maps item id → recorded code; a batch holds one sale's entries.
+fn double_sales_among(entries: &[OutboxEntry], recorded: &HashMap<i64, String>) -> Vec<usize> {
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| recorded.get(&e.item_id).is_some_and(|code| *code != e.code))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn data_or_outage(e: &&str) -> Failure {
+        match *e {
+            "data" => Failure::Refused,
+            "parent" => Failure::NotYet,
+            _ => Failure::Outage,
+        }
+    }
 
     fn purchase(id: &str, item: i64, user: i64) -> OutboxEntry {
         OutboxEntry {
@@ -306,10 +423,13 @@ mod tests {
     #[test]
     fn users_are_distinct_sorted_with_their_first_time() {
         let none = KnownUsers::new(10);
-        let cols = UserColumns::build([(5, 300), (2, 200), (5, 100), (9, 50), (2, 250)], &none);
+        let cols = UserColumns::build(
+            [(5, 300), (2, 200), (5, 100), (9, 50), (2, 250)],
+            Some(&none),
+        );
         assert_eq!(cols.ids, vec![2, 5, 9]);
         assert_eq!(cols.first_seen_ms, vec![200, 100, 50]);
-        assert_eq!(UserColumns::build([], &none), UserColumns::default());
+        assert_eq!(UserColumns::build([], None), UserColumns::default());
     }
 
     #[test]
@@ -343,7 +463,7 @@ mod tests {
     fn known_users_are_left_out_and_the_memory_is_bounded() {
         let mut known = KnownUsers::new(3);
         known.remember(&[2, 9]);
-        let cols = UserColumns::build([(5, 300), (2, 200), (9, 50)], &known);
+        let cols = UserColumns::build([(5, 300), (2, 200), (9, 50)], Some(&known));
         assert_eq!(cols.ids, vec![5]);
         known.remember(&[5]);
         assert!(known.contains(2) && known.contains(5));
@@ -376,7 +496,7 @@ mod tests {
                 calls += 1;
                 Ok::<(), &str>(())
             },
-            |_| true,
+            |_| Failure::Refused,
         );
         assert_eq!(calls, 1);
         assert!(out.done.iter().all(|d| *d));
@@ -398,7 +518,7 @@ mod tests {
                     Ok(())
                 }
             },
-            |e| *e == "data",
+            data_or_outage,
         );
         assert_eq!(out.rejected, vec![4, 11]);
         assert!(out.done.iter().all(|d| *d));
@@ -428,7 +548,7 @@ mod tests {
                     _ => Err("down"),
                 }
             },
-            |e| *e == "data",
+            data_or_outage,
         );
         assert_eq!(out.error, Some("down"));
         assert_eq!(
@@ -440,8 +560,86 @@ mod tests {
 
     #[test]
     fn bisecting_nothing_writes_nothing() {
-        let out = write_bisecting(&[] as &[i32], |_| Err("never"), |_| false);
+        let out = write_bisecting(&[] as &[i32], |_| Err("never"), |_| Failure::Outage);
         assert!(out.done.is_empty());
         assert!(out.error.is_none());
+    }
+
+    #[test]
+    fn only_a_row_s_own_values_make_a_refusal_final() {
+        // A missing parent row is retried: it may come back (or be written
+        // later), and the row is fine as it is.
+        assert_eq!(classify_sqlstate("23503"), Failure::NotYet); // foreign_key_violation
+        assert_eq!(classify_sqlstate("23001"), Failure::NotYet); // restrict_violation
+        assert_eq!(classify_sqlstate("23000"), Failure::NotYet); // integrity_constraint_violation
+        for code in ["23502", "23505", "23514", "23P01"] {
+            assert_eq!(classify_sqlstate(code), Failure::Refused, "{code}");
+        }
+        for code in ["22001", "22003", "22007", "22008", "22P02", "22021"] {
+            assert_eq!(classify_sqlstate(code), Failure::Refused, "{code}");
+        }
+        // No verdict on the rows: connection, shutdown, crash recovery,
+        // serialization, deadlock, disk full, missing table.
+        for code in [
+            "08006", "57P01", "57P03", "40001", "40P01", "53100", "42P01",
+        ] {
+            assert_eq!(classify_sqlstate(code), Failure::Outage, "{code}");
+        }
+    }
+
+    #[test]
+    fn bisecting_keeps_rows_refused_for_now_pending() {
+        let rows: Vec<i32> = (0..9).collect();
+        let mut written = Vec::new();
+        let out = write_bisecting(
+            &rows,
+            |part| {
+                if part.contains(&2) || part.contains(&7) {
+                    Err("parent")
+                } else if part.contains(&5) {
+                    Err("data")
+                } else {
+                    written.extend_from_slice(part);
+                    Ok(())
+                }
+            },
+            data_or_outage,
+        );
+        assert_eq!(out.deferred, vec![2, 7]);
+        assert_eq!(out.rejected, vec![5]);
+        assert!(out.error.is_none());
+        let not_done: Vec<usize> = (0..9).filter(|&i| !out.done[i]).collect();
+        assert_eq!(not_done, vec![2, 7], "deferred rows stay pending");
+        written.sort();
+        assert_eq!(written, vec![0, 1, 3, 4, 6, 8]);
+    }
+
+    #[test]
+    fn a_skipped_row_with_another_code_is_a_double_sale() {
+        let entries = vec![
+            purchase("1-0", 2_000_001, 7),
+            purchase("1-1", 2_000_002, 8),
+            purchase("1-2", 2_000_003, 9),
+        ];
+        let recorded: HashMap<i64, String> = [
+            (2_000_001, "code-7".to_string()), // a replay
+            (2_000_002, "code-5".to_string()), // sold with another code
+        ]
+        .into();
+        assert_eq!(double_sales_among(&entries, &recorded), vec![1]);
+    }
+
+    #[test]
+    fn known_users_are_forgotten_on_a_new_connection_or_an_error() {
+        let mut known = KnownUsers::new(10);
+        known.check_epoch(4);
+        known.remember(&[2, 9]);
+        known.check_epoch(4);
+        assert!(known.contains(2), "same connections: still trusted");
+        known.check_epoch(5);
+        assert!(!known.contains(2) && !known.contains(9));
+        known.remember(&[3]);
+        known.forget();
+        assert!(!known.contains(3));
     }
 }

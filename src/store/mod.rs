@@ -10,7 +10,7 @@ pub mod outbox;
 pub mod sales;
 pub mod writer;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use r2d2_postgres::PostgresConnectionManager;
@@ -35,7 +35,39 @@ pub fn pool(database_url: &str, size: u32) -> Result<PgPool> {
         // the last connect error); r2d2's own handler would log every
         // background reconnect attempt at ERROR while Postgres is down.
         .error_handler(Box::new(r2d2::NopErrorHandler))
+        .connection_customizer(Box::new(SessionSetup))
         .build_unchecked(manager))
+}
+
+/// Connections opened by every pool of this process, ever. A change means
+/// a connection was replaced (for one, after Postgres restarted), so what
+/// was committed asynchronously before may be gone.
+static CONNECTIONS_OPENED: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn connections_opened() -> u64 {
+    CONNECTIONS_OPENED.load(Ordering::SeqCst)
+}
+
+/// Makes every session commit synchronously even when the server's default
+/// is `synchronous_commit = off`: a purchase's outbox entries are deleted
+/// after its commit, and a sale's rows are what purchases reference, so
+/// those commits must survive a Postgres crash. Only the checkout log opts
+/// out, per transaction. A stronger setting (`remote_apply`, ...) is kept.
+/// Also counts the connection (`connections_opened`).
+#[derive(Debug)]
+struct SessionSetup;
+
+const SYNCHRONOUS_COMMIT_SQL: &str = "SELECT set_config('synchronous_commit', 'on', false)
+     WHERE current_setting('synchronous_commit') = 'off'";
+
+impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for SessionSetup {
+    fn on_acquire(
+        &self,
+        client: &mut postgres::Client,
+    ) -> std::result::Result<(), postgres::Error> {
+        CONNECTIONS_OPENED.fetch_add(1, Ordering::SeqCst);
+        client.batch_execute(SYNCHRONOUS_COMMIT_SQL)
+    }
 }
 
 /// One checkout attempt, as recorded in `checkouts` (and `users`).

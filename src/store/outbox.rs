@@ -2,7 +2,10 @@
 //! entry per sold item (`XADD {sale:S}:outbox * item I user U code C at MS`)
 //! atomically with the sale; this module reads those entries (XRANGE), parses
 //! them, and deletes them (XDEL) once the writer has committed them to
-//! Postgres. Blocking; runs on the writer thread only.
+//! Postgres. An entry that can never be recorded is moved to the sale's
+//! dead-letter stream (`lua/dead_letter.lua`, indexed in
+//! `keys::DEAD_LETTER_INDEX`), which this module also reads and counts.
+//! Blocking; runs on the writer thread and in `flashsale check`.
 
 use redis::Value;
 
@@ -83,26 +86,123 @@ pub fn delete(con: &mut redis::Connection, sale_id: i64) -> Result<()> {
     Ok(())
 }
 
-/// Moves what is left in the outbox to the dead-letter key (kept, never
-/// deleted by the server).
-pub fn move_to_dead_letter(con: &mut redis::Connection, sale_id: i64) -> Result<()> {
-    // A missing outbox means there is nothing left (or it was moved on an
-    // earlier attempt whose Postgres update then failed).
-    let exists: i64 = redis::cmd("EXISTS").arg(keys::outbox(sale_id)).query(con)?;
-    if exists == 0 {
-        return Ok(());
+/// Why an outbox entry was moved to the dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    /// Its fields cannot be parsed (not written by `purchase.lua`).
+    Malformed,
+    /// Postgres refused its values for good.
+    Refused,
+    /// Postgres records its item as bought with another code.
+    DoubleSale,
+}
+
+impl DeadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Malformed => "malformed",
+            DeadReason::Refused => "refused",
+            DeadReason::DoubleSale => "double_sale",
+        }
     }
-    let moved: i64 = redis::cmd("RENAMENX")
-        .arg(keys::outbox(sale_id))
+}
+
+static DEAD_LETTER_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../../lua/dead_letter.lua")));
+
+/// Moves one entry from the outbox to the sale's dead letter, with the
+/// reason. Returns false when the entry was no longer in the outbox.
+pub fn move_to_dead_letter(
+    con: &mut redis::Connection,
+    sale_id: i64,
+    stream_id: &str,
+    reason: DeadReason,
+) -> Result<bool> {
+    // Indexed first: an index entry without a stream costs one XLEN, a
+    // stream without an index entry would go uncounted.
+    let _: i64 = redis::cmd("SADD")
+        .arg(keys::DEAD_LETTER_INDEX)
+        .arg(sale_id)
+        .query(con)?;
+    let moved: i64 = DEAD_LETTER_SCRIPT
+        .key(keys::outbox(sale_id))
+        .key(keys::outbox_dead_letter(sale_id))
+        .arg(stream_id)
+        .arg(reason.as_str())
+        .invoke(con)?;
+    Ok(moved == 1)
+}
+
+/// Entries in every sale's dead letter, and how many sales have some.
+pub fn dead_letter_totals(con: &mut redis::Connection) -> Result<(u64, u64)> {
+    let sales: Vec<i64> = redis::cmd("SMEMBERS")
+        .arg(keys::DEAD_LETTER_INDEX)
+        .query(con)?;
+    let (mut entries, mut with_entries) = (0, 0);
+    for sale_id in sales {
+        let n = dead_letter_len(con, sale_id)?;
+        entries += n;
+        with_entries += u64::from(n > 0);
+    }
+    Ok((entries, with_entries))
+}
+
+/// Entries in one sale's dead letter.
+pub fn dead_letter_len(con: &mut redis::Connection, sale_id: i64) -> Result<u64> {
+    let n: u64 = redis::cmd("XLEN")
         .arg(keys::outbox_dead_letter(sale_id))
         .query(con)?;
-    if moved == 0 {
-        return Err(Error::new(
-            ErrorKind::Internal,
-            "outbox dead-letter key already exists",
-        ));
-    }
-    Ok(())
+    Ok(n)
+}
+
+/// Up to `count` entries of one sale's dead letter, each as its fields in
+/// order, `field=value` (`item`, `user`, `code`, `at`, `reason`,
+/// `outbox_id`, or whatever a malformed entry held; bytes that are not
+/// UTF-8 shown lossily).
+pub fn read_dead_letter(
+    con: &mut redis::Connection,
+    sale_id: i64,
+    count: usize,
+) -> Result<Vec<String>> {
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(keys::outbox_dead_letter(sale_id))
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(count.max(1))
+        .query(con)?;
+    let Value::Array(entries) = reply else {
+        return Ok(Vec::new());
+    };
+    let lossy = |v: &Value| match v {
+        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        other => as_str(other).unwrap_or("?").to_owned(),
+    };
+    Ok(entries
+        .iter()
+        .map(|entry| match entry {
+            Value::Array(parts) => match parts.get(1) {
+                Some(Value::Array(flat)) => flat
+                    .chunks(2)
+                    .map(|kv| {
+                        format!(
+                            "{}={}",
+                            lossy(&kv[0]),
+                            kv.get(1).map_or_else(String::new, lossy)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Some(Value::Map(map)) => map
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", lossy(k), lossy(v)))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        })
+        .collect())
 }
 
 /// Parses an XRANGE reply: an array of `[id, [field, value, ...]]`.
@@ -228,6 +328,17 @@ mod tests {
                 ("at", "1700000000123"),
             ],
         )
+    }
+
+    #[test]
+    fn dead_letter_reasons_are_the_metric_labels() {
+        let reasons = [
+            DeadReason::Malformed,
+            DeadReason::Refused,
+            DeadReason::DoubleSale,
+        ];
+        let labels: Vec<&str> = reasons.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels, crate::metrics::DEAD_LETTER_REASONS);
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! outboxes into `purchases` (XDEL only after commit, so a killed process
 //! loses nothing and the next start replays what is left), probes Postgres
 //! to keep `PostgresHealth` true, and backs off while Postgres is down
-//! without dropping or endlessly buffering records. The statements
-//! themselves, and the bisection that isolates refused rows, are in `batch`.
+//! without dropping or endlessly buffering records. An outbox entry that
+//! can never be recorded (malformed, refused for good, a double sale) is
+//! moved to its sale's dead letter at once, logged and counted; one that
+//! cannot be recorded yet (a row it references is missing) stays and is
+//! retried. The statements themselves, what a refusal means, and the
+//! bisection that isolates refused rows are in `batch`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,10 +20,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::{self, Table};
 
-use super::batch::{
-    KnownUsers, insert_checkouts, insert_purchases, is_data_error, write_bisecting,
-};
-use super::outbox::{self, OutboxEntry};
+use super::batch::{KnownUsers, classify, insert_checkouts, insert_purchases, write_bisecting};
+use super::outbox::{self, DeadReason, OutboxEntry};
 use super::sales::{self, SaleRow};
 use super::{CheckoutRecord, PgPool, PostgresHealth, Record};
 use crate::redis_client::blocking_connection;
@@ -200,7 +202,8 @@ struct Writer {
     oldest: Option<Instant>,
     /// Every sender is gone.
     closed: bool,
-    /// Users committed by this writer, left out of later batches.
+    /// Users committed by this writer's checkout batches, left out of later
+    /// checkout batches (see `KnownUsers` for when it is forgotten).
     known_users: KnownUsers,
 
     pg: Backoff,
@@ -213,12 +216,12 @@ struct Writer {
     /// Sales whose outboxes are watched, and when that list was read.
     sales: Vec<SaleRow>,
     sales_read_at: Option<Instant>,
-    /// Per sale, the id of the last entry handled (committed and deleted, or
-    /// known bad); reads continue after it. Reset on errors and refreshes.
+    /// Per sale, the id of the last entry handled (committed and deleted,
+    /// moved to the dead letter, or left to retry); reads continue after
+    /// it. Reset on errors and refreshes.
     cursors: HashMap<i64, String>,
-    /// Per sale, entries that can never be recorded (malformed, or refused
-    /// by Postgres constraints): logged once, left in the stream.
-    bad: HashMap<i64, HashSet<String>>,
+    /// Entries in every dead letter at the last count.
+    dead_letters: u64,
     next_outbox: Instant,
 }
 
@@ -255,7 +258,7 @@ impl Writer {
             sales: Vec::new(),
             sales_read_at: None,
             cursors: HashMap::new(),
-            bad: HashMap::new(),
+            dead_letters: 0,
             // The first pass, at once, replays what a killed process left.
             next_outbox: now,
         }
@@ -409,6 +412,7 @@ impl Writer {
                     return;
                 }
             };
+            self.known_users.check_epoch(super::connections_opened());
             let batch = &self.pending.make_contiguous()[..n];
             let known_users = &mut self.known_users;
             let mut users = 0u64;
@@ -421,9 +425,12 @@ impl Writer {
                     rows += r;
                     Ok(())
                 },
-                is_data_error,
+                classify,
             );
             drop(client);
+            for &i in &outcome.deferred {
+                tracing::warn!(record = ?batch[i], "checkout record refused by Postgres for now; kept and retried");
+            }
             for &i in &outcome.rejected {
                 tracing::error!(record = ?batch[i], "checkout record refused by Postgres constraints; dropped");
                 self.metrics.postgres_error();
@@ -440,6 +447,12 @@ impl Writer {
             }
             self.count_batch(Table::Checkouts, rows, users, started.elapsed());
             match outcome.error {
+                None if !outcome.deferred.is_empty() => {
+                    // Try those again with the next batch, not in a loop now.
+                    self.pg_ok();
+                    self.oldest = Some(Instant::now());
+                    return;
+                }
                 None => {
                     self.pg_ok();
                     if self.pending.is_empty() {
@@ -510,6 +523,8 @@ impl Writer {
         let now = Instant::now();
         self.last_pg_contact = now;
         self.health.set(false);
+        // What checkout batches committed asynchronously may be lost.
+        self.known_users.forget();
         self.metrics.postgres_error();
         let first = !self.pg.failing();
         let retry_in = self.pg.fail(now);
@@ -588,10 +603,10 @@ impl Writer {
             self.pg_ok();
             self.sales_read_at = Some(now);
             // Re-read every outbox from its head now and then: picks up
-            // entries committed but not deleted by an earlier failure.
+            // entries committed but not deleted by an earlier failure, and
+            // retries those that could not be recorded yet.
             self.cursors.clear();
-            let watched: HashSet<i64> = self.sales.iter().map(|s| s.id).collect();
-            self.bad.retain(|id, _| watched.contains(id));
+            self.count_dead_letters()?;
         }
 
         let mut more = false;
@@ -617,15 +632,12 @@ impl Writer {
         loop {
             let cursor = self.cursors.get(&sale_id).cloned();
             let con = self.redis_now()?;
-            let mut batch = outbox::read(con, sale_id, cursor.as_deref(), OUTBOX_READ)
+            let batch = outbox::read(con, sale_id, cursor.as_deref(), OUTBOX_READ)
                 .map_err(DrainError::Redis)?;
-            let bad = self.bad.entry(sale_id).or_default();
-            for id in batch.malformed.drain(..) {
-                if bad.insert(id.clone()) {
-                    tracing::error!(sale_id, stream_id = %id, "malformed outbox entry; left in the stream");
-                }
+            for id in &batch.malformed {
+                tracing::error!(sale_id, stream_id = %id, "malformed outbox entry");
+                self.dead_letter(sale_id, id, DeadReason::Malformed)?;
             }
-            batch.entries.retain(|e| !bad.contains(&e.stream_id));
             if !batch.entries.is_empty() {
                 self.commit_purchases(sale_id, &batch.entries)?;
             }
@@ -646,6 +658,8 @@ impl Writer {
     }
 
     /// One transaction of users and purchases, then XDEL of what committed.
+    /// Entries refused for good and double sales go to the dead letter;
+    /// entries refused for now stay in the outbox for the next read.
     fn commit_purchases(
         &mut self,
         sale_id: i64,
@@ -658,66 +672,115 @@ impl Writer {
             .map_err(|e| DrainError::Postgres(e.into()))?;
         let mut users = 0u64;
         let mut rows = 0u64;
+        let mut double_sales: Vec<OutboxEntry> = Vec::new();
         let outcome = write_bisecting(
             entries,
             |part| {
-                let (u, r) = insert_purchases(&mut client, part, &mut self.known_users)?;
-                users += u;
-                rows += r;
+                let written = insert_purchases(&mut client, part)?;
+                users += written.new_users;
+                rows += written.inserted;
+                double_sales.extend(written.double_sales.iter().map(|&i| part[i].clone()));
                 Ok(())
             },
-            is_data_error,
+            classify,
         );
         drop(client);
-        let elapsed = started.elapsed();
-        let bad = self.bad.entry(sale_id).or_default();
+        self.count_batch(Table::Purchases, rows, users, started.elapsed());
+        if !outcome.deferred.is_empty() {
+            self.metrics.outbox_retries(outcome.deferred.len() as u64);
+            tracing::warn!(
+                sale_id,
+                entries = outcome.deferred.len(),
+                first = ?entries[outcome.deferred[0]],
+                "outbox entries reference a row Postgres does not have (yet); kept in the outbox and retried"
+            );
+        }
+        let mut dead: HashSet<&str> = HashSet::new();
         for &i in &outcome.rejected {
             let entry = &entries[i];
-            if bad.insert(entry.stream_id.clone()) {
-                tracing::error!(
-                    ?entry,
-                    "outbox entry refused by Postgres constraints; left in the stream"
-                );
-                self.metrics.postgres_error();
-            }
+            tracing::error!(?entry, "outbox entry refused by Postgres constraints");
+            self.metrics.postgres_error();
+            dead.insert(&entry.stream_id);
         }
-        let rejected: HashSet<usize> = outcome.rejected.iter().copied().collect();
+        for entry in &double_sales {
+            tracing::error!(
+                ?entry,
+                "double sale: Postgres records this item as bought with another code; the purchase is not recorded"
+            );
+            dead.insert(&entry.stream_id);
+        }
         let committed: Vec<String> = entries
             .iter()
             .enumerate()
-            .filter(|(i, _)| outcome.done[*i] && !rejected.contains(i))
+            .filter(|(i, e)| outcome.done[*i] && !dead.contains(e.stream_id.as_str()))
             .map(|(_, e)| e.stream_id.clone())
             .collect();
-        self.count_batch(Table::Purchases, rows, users, elapsed);
         // Delete what is committed, even when a later part failed.
-        let ack = self
-            .redis_now()
-            .and_then(|con| outbox::ack(con, sale_id, &committed).map_err(DrainError::Redis));
-        if let Some(e) = outcome.error {
-            return Err(DrainError::Postgres(e.into()));
+        let con = self.redis_now()?;
+        outbox::ack(con, sale_id, &committed).map_err(DrainError::Redis)?;
+        for &i in &outcome.rejected {
+            self.dead_letter(sale_id, &entries[i].stream_id, DeadReason::Refused)?;
         }
-        self.pg_ok();
-        ack
+        for entry in &double_sales {
+            self.dead_letter(sale_id, &entry.stream_id, DeadReason::DoubleSale)?;
+        }
+        match outcome.error {
+            Some(e) => Err(DrainError::Postgres(e.into())),
+            None => {
+                self.pg_ok();
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves one outbox entry to its sale's dead letter, and counts it.
+    fn dead_letter(
+        &mut self,
+        sale_id: i64,
+        stream_id: &str,
+        reason: DeadReason,
+    ) -> Result<(), DrainError> {
+        let con = self.redis_now()?;
+        if outbox::move_to_dead_letter(con, sale_id, stream_id, reason)
+            .map_err(DrainError::Redis)?
+        {
+            self.metrics.dead_lettered(reason.as_str());
+            self.dead_letters += 1;
+            self.metrics.set_dead_letters(self.dead_letters);
+            tracing::error!(
+                sale_id,
+                stream_id,
+                reason = reason.as_str(),
+                key = %crate::redis_client::keys::outbox_dead_letter(sale_id),
+                "purchase moved to the dead letter: it is sold in Redis and not recorded in Postgres"
+            );
+        }
+        Ok(())
+    }
+
+    /// Counts the entries of every dead letter (the gauge, and /health).
+    fn count_dead_letters(&mut self) -> Result<(), DrainError> {
+        let con = self.redis_now()?;
+        let (entries, sales) = outbox::dead_letter_totals(con).map_err(DrainError::Redis)?;
+        if entries != self.dead_letters && entries > 0 {
+            tracing::warn!(
+                entries,
+                sales,
+                "purchases wait in dead letters ({{sale:S}}:outbox:dead); see `flashsale check`"
+            );
+        }
+        self.dead_letters = entries;
+        self.metrics.set_dead_letters(entries);
+        Ok(())
     }
 
     /// An ended sale's last step: once its outbox is empty, mark it drained
-    /// and delete the stream. Entries that can never be recorded are moved
-    /// to a dead-letter key first.
+    /// and delete the stream. (Entries that can never be recorded are in the
+    /// dead letter already; entries left are still to be recorded.)
     fn close_out(&mut self, sale_id: i64, left: u64) -> Result<(), DrainError> {
-        let bad = self.bad.get(&sale_id).map_or(0, |b| b.len() as u64);
-        if left > 0 && left > bad {
+        if left > 0 {
             // Still live entries (perhaps another instance is on them).
             return Ok(());
-        }
-        let con = self.redis_now()?;
-        if left > 0 {
-            outbox::move_to_dead_letter(con, sale_id).map_err(DrainError::Redis)?;
-            tracing::error!(
-                sale_id,
-                entries = left,
-                key = %crate::redis_client::keys::outbox_dead_letter(sale_id),
-                "sale closed out with outbox entries that cannot be recorded; moved aside"
-            );
         }
         let mut client = self
             .pool
@@ -728,7 +791,6 @@ impl Writer {
         let con = self.redis_now()?;
         outbox::delete(con, sale_id).map_err(DrainError::Redis)?;
         self.sales.retain(|s| s.id != sale_id);
-        self.bad.remove(&sale_id);
         self.cursors.remove(&sale_id);
         tracing::info!(sale_id, "sale outbox drained and closed out");
         Ok(())

@@ -75,7 +75,7 @@ fn strip_path(url: &str) -> String {
 }
 
 /// The admin URL with its database replaced by `db`, query string kept.
-fn pg_url_for(db: &str) -> String {
+pub fn pg_url_for(db: &str) -> String {
     let admin = pg_admin_url();
     let (base, query) = match admin.split_once('?') {
         Some((b, q)) => (b.to_string(), Some(q.to_string())),

@@ -9,6 +9,9 @@
 //! `scripts/services.sh`). Everything is stopped and removed on drop, panics
 //! included, and every wait is bounded.
 //!
+//! Postgres can be stopped (`pg_ctl stop -m fast`) or crashed (every process
+//! of the cluster SIGKILLed, no shutdown; the next start runs crash recovery).
+//!
 //! `Rig` bundles one Redis, one Postgres and one `flashsale` process
 //! (`Flashsale`), which can be killed (SIGKILL), signalled (SIGTERM/SIGINT)
 //! and restarted against the same Redis and Postgres.
@@ -73,6 +76,26 @@ fn pid_alive(pid: u32) -> bool {
             .and_then(|(_, rest)| rest.chars().next())
             .is_some_and(|state| state != 'Z' && state != 'X')
     })
+}
+
+/// The pids whose parent is `parent` (from /proc/<pid>/stat).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // After "(comm) ": state, then the parent's pid.
+                stat.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.split(' ').nth(1))
+                    .and_then(|ppid| ppid.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
 }
 
 /// Removes the directories of earlier test processes that are gone (killed
@@ -518,6 +541,54 @@ impl PrivatePostgres {
             String::from_utf8_lossy(&out.stderr)
         );
         self.running = false;
+    }
+
+    /// Crash: the postmaster and every process it started are frozen
+    /// (SIGSTOP, so that none reacts to another's death: no shutdown, no
+    /// last WAL write), then SIGKILLed. What only Postgres's memory held (an
+    /// asynchronous commit's WAL not yet written) is gone; `start_again`
+    /// runs crash recovery.
+    pub fn crash(&mut self) {
+        assert!(self.running, "postgres is not running");
+        let pid_file = self.data.join("postmaster.pid");
+        let postmaster: u32 = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no postmaster pid in {}", pid_file.display()));
+        signal(postmaster, SIGSTOP);
+        // Stopped, the postmaster starts no new process.
+        let children = children_of(postmaster);
+        for &pid in &children {
+            // SAFETY: kill(2) has no memory-safety preconditions; a child that
+            // exited meanwhile is no error here.
+            let _ = unsafe { kill(pid as i32, SIGSTOP) };
+        }
+        for &pid in children.iter().chain([&postmaster]) {
+            // SAFETY: as above.
+            let _ = unsafe { kill(pid as i32, SIGKILL) };
+        }
+        self.running = false;
+        let dead = wait_until(SERVICE_DEADLINE, || {
+            !pid_alive(postmaster) && children.iter().all(|&pid| !pid_alive(pid))
+        });
+        assert!(
+            dead,
+            "postgres processes {postmaster} {children:?} survived SIGKILL"
+        );
+        // A new postmaster refuses to start while the pid in postmaster.pid
+        // exists, zombie included: wait for init to reap it, and if it does
+        // not, remove the stale file as an operator would.
+        let reaped = wait_until(Duration::from_secs(10), || {
+            !Path::new(&format!("/proc/{postmaster}")).exists()
+        });
+        if !reaped {
+            eprintln!("[services] postmaster {postmaster} not reaped; removing its postmaster.pid");
+            let _ = fs::remove_file(&pid_file);
+        }
+        eprintln!(
+            "[services] crashed postgres: SIGKILL postmaster {postmaster} and {} children",
+            children.len()
+        );
     }
 
     fn pg_ctl_stop(&self, mode: &str) -> Output {

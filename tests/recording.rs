@@ -1,0 +1,221 @@
+//! How a purchase reaches Postgres when Postgres will not take it as it
+//! comes: a row it references is missing (retried until it is there, never
+//! given up), or its item is already recorded with another code (a double
+//! sale: moved to the sale's dead letter, and visible in the metrics, in
+//! `/health`, in the log and to `flashsale check`). Black-box, against the
+//! real binary on its own Redis and Postgres databases.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// How long the writer may take to get somewhere.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// `GET /metrics`, one sample by its full name (labels included).
+fn metric(server: &TestServer, name: &str) -> Option<f64> {
+    let text = server.get("/metrics").text();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
+fn xlen(server: &TestServer, key: &str) -> i64 {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query(&mut server.redis())
+        .expect("XLEN")
+}
+
+/// Checks out one item for `user` and buys it; returns the code.
+fn buy(server: &TestServer, user: i64, item: i64) -> String {
+    let r = server.checkout(user, item);
+    r.assert_status(200);
+    let code = r.str("code");
+    let r = server.purchase(&code);
+    r.assert_status(200);
+    assert_eq!(r.ids("purchased"), vec![item], "{r}");
+    code
+}
+
+/// `flashsale check --sale <id>` on the server's databases: exit code and output.
+fn check(server: &TestServer, sale_id: i64) -> (Option<i32>, String) {
+    let out = common::services::run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(["check", "--sale", &sale_id.to_string()])
+            .env(
+                "REDIS_URL",
+                format!("{}/{}", redis_base_url(), server.redis_db),
+            )
+            .env("DATABASE_URL", pg_url_for(&server.db_name))
+            .env("FLASHSALE_LOG", "warn"),
+        Duration::from_secs(60),
+    );
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A purchase whose item row is missing in Postgres (a foreign key
+/// violation) stays in the outbox and is retried; once the row is back it
+/// is recorded. It never reaches the dead letter.
+#[test]
+fn a_purchase_missing_its_parent_row_is_retried_until_recorded() {
+    let server = TestServer::start(Opts::default().items(50));
+    let sale = server.active_sale();
+    let item = sale.item(7);
+    let mut pg = server.pg();
+    let row = pg
+        .query_one(
+            "DELETE FROM items WHERE id = $1 RETURNING name, image_url",
+            &[&item],
+        )
+        .expect("delete the item row");
+    let (name, image_url): (String, String) = (row.get(0), row.get(1));
+
+    let code = buy(&server, 41, item);
+    let outbox = format!("{{sale:{}}}:outbox", sale.id);
+    let dead = format!("{{sale:{}}}:outbox:dead", sale.id);
+    eventually(SETTLE, "the writer retries the purchase", || {
+        metric(&server, "flashsale_outbox_retries_total").is_some_and(|n| n >= 2.0)
+    });
+    assert_eq!(
+        xlen(&server, &outbox),
+        1,
+        "the purchase waits in the outbox"
+    );
+    assert_eq!(xlen(&server, &dead), 0, "nothing in the dead letter");
+    assert_eq!(
+        server.pg_i64("SELECT count(*) FROM purchases", &[]),
+        0,
+        "no purchase row without its item"
+    );
+    let r = server.get("/health");
+    r.assert_status(200);
+    assert_eq!(r.i64("dead_letters"), 0, "{r}");
+
+    pg.execute(
+        "INSERT INTO items (id, sale_id, name, image_url) VALUES ($1, $2, $3, $4)",
+        &[&item, &sale.id, &name, &image_url],
+    )
+    .expect("put the item row back");
+    server.wait_pg_i64(
+        "SELECT count(*) FROM purchases WHERE item_id = $1 AND user_id = 41 AND code = $2",
+        &[&item, &code],
+        1,
+    );
+    eventually(SETTLE, "the outbox drained", || xlen(&server, &outbox) == 0);
+    assert_eq!(xlen(&server, &dead), 0, "nothing in the dead letter");
+    server.assert_consistent(sale.id);
+}
+
+/// Postgres already records an item as bought with another code: the
+/// purchase Redis sold is not silently dropped by `ON CONFLICT DO NOTHING`
+/// but moved to the sale's dead letter, counted, logged, named by /health
+/// and reported by `flashsale check`. A replay of a recorded purchase (same
+/// code) stays a quiet no-op.
+#[test]
+fn a_double_sale_refused_by_postgres_is_never_silent() {
+    let server = TestServer::start(Opts::default().items(50));
+    let sale = server.active_sale();
+    let mut pg = server.pg();
+
+    // A recorded purchase, replayed through the outbox: no double sale.
+    let item = sale.item(3);
+    let code = buy(&server, 51, item);
+    server.wait_pg_i64(
+        "SELECT count(*) FROM purchases WHERE item_id = $1",
+        &[&item],
+        1,
+    );
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{{sale:{}}}:outbox", sale.id))
+        .arg("*")
+        .arg(&[
+            "item",
+            &item.to_string(),
+            "user",
+            "51",
+            "code",
+            &code,
+            "at",
+            "1700000000000",
+        ])
+        .query(&mut server.redis())
+        .expect("XADD replay");
+
+    // Another code already holds the item in Postgres.
+    let taken = sale.item(9);
+    pg.batch_execute("INSERT INTO users (id) VALUES (999)")
+        .expect("insert user");
+    pg.execute(
+        "INSERT INTO purchases (sale_id, item_id, user_id, code, created_at) \
+         VALUES ($1, $2, 999, 'another-code', now())",
+        &[&sale.id, &taken],
+    )
+    .expect("insert the conflicting purchase");
+    let doubled = buy(&server, 52, taken);
+
+    let dead = format!("{{sale:{}}}:outbox:dead", sale.id);
+    eventually(SETTLE, "the double sale in the dead letter", || {
+        xlen(&server, &dead) == 1
+    });
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&dead)
+        .arg("-")
+        .arg("+")
+        .query(&mut server.redis())
+        .expect("XRANGE dead letter");
+    let fields = &entries[0].1;
+    let field = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.as_str());
+    assert_eq!(field("code"), Some(doubled.as_str()), "{fields:?}");
+    assert_eq!(field("user"), Some("52"), "{fields:?}");
+    assert_eq!(field("reason"), Some("double_sale"), "{fields:?}");
+    eventually(SETTLE, "the outbox drained", || {
+        xlen(&server, &format!("{{sale:{}}}:outbox", sale.id)) == 0
+    });
+
+    assert_eq!(
+        metric(
+            &server,
+            "flashsale_outbox_dead_lettered_total{reason=\"double_sale\"}"
+        ),
+        Some(1.0)
+    );
+    eventually(SETTLE, "the dead-letter gauge and /health count it", || {
+        let r = server.get("/health");
+        metric(&server, "flashsale_outbox_dead_letters") == Some(1.0)
+            && r.status == 200
+            && r.i64("dead_letters") == 1
+            && r.str("status") == "ok"
+    });
+    assert!(
+        server.log_tail(200).contains("double sale"),
+        "no error logged:\n{}",
+        server.log_tail(30)
+    );
+    // Postgres keeps the first record; the sale Redis made is reported.
+    assert_eq!(
+        server.pg_i64(
+            "SELECT count(*) FROM purchases WHERE item_id = $1 AND code = 'another-code'",
+            &[&taken]
+        ),
+        1
+    );
+    let (status, report) = check(&server, sale.id);
+    assert_eq!(status, Some(1), "check must find differences:\n{report}");
+    assert!(
+        report.contains("1 purchase(s) in the dead letter")
+            && report.contains("reason=double_sale"),
+        "{report}"
+    );
+}
