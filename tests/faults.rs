@@ -862,7 +862,10 @@ fn postgres_crash_loses_no_acknowledged_purchase() {
     const LOAD_ITEMS: u32 = ITEMS - 1_000;
     const FRESH: u32 = 60;
     const FIRST_FRESH_USER: i64 = 50_000_001;
-    let mut rig = Rig::start(ServerConfig::new(ITEMS, LIMIT));
+    // A wide batch window, so that the fresh buyers' checkouts commit in
+    // one transaction: the last one before the crash.
+    let mut rig =
+        Rig::start(ServerConfig::new(ITEMS, LIMIT).env("FLASHSALE_WRITER_FLUSH_MS", "300"));
     let addr = rig.addr();
     let sale = rig.server().active_sale();
     {
