@@ -7,9 +7,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::redis_client::batch::BatchLimits;
+use crate::sale::ITEM_ID_STRIDE;
 
-/// Most items a sale may have: item ids are `sale_id * ITEM_ID_STRIDE + n`.
-pub const MAX_SALE_ITEMS: u32 = 1_000_000;
+/// Most items a sale may have: item ids are `sale_id * ITEM_ID_STRIDE + n`
+/// for n in `1..=items`, so a sale of ITEM_ID_STRIDE items ends just below
+/// the next sale's first id.
+pub const MAX_SALE_ITEMS: u32 = ITEM_ID_STRIDE as u32;
 
 /// Most core threads `--cores` accepts.
 pub const MAX_CORES: u64 = 4096;

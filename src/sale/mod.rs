@@ -5,8 +5,10 @@ pub mod code;
 pub mod schedule;
 pub mod sold_map;
 
-/// Item ids of sale `s` are `s * ITEM_ID_STRIDE + n` for `n` in `1..=items`, so
-/// ids are unique across sales and an id names its sale without a lookup.
+/// Item ids of sale `s` are `s * ITEM_ID_STRIDE + n` for `n` in `1..=items`
+/// (at most ITEM_ID_STRIDE items: the last id, `(s + 1) * ITEM_ID_STRIDE`, is
+/// just below the next sale's first), so ids are unique across sales and an
+/// id names its sale without a lookup.
 pub const ITEM_ID_STRIDE: i64 = 1_000_000;
 
 /// One sale: `[starts_at, ends_at)` in Unix seconds.
@@ -128,6 +130,9 @@ mod tests {
         assert_eq!(split_item_id(0), None);
         assert_eq!(split_item_id(-5), None);
         assert_eq!(split_item_id(ITEM_ID_STRIDE), None);
+        // The last item of a full sale and the first of the next are neighbours.
+        assert_eq!(item_id(42, 1_000_000) + 1, item_id(43, 1));
+        assert_eq!(split_item_id(item_id(43, 1)), Some((43, 1)));
     }
 
     #[test]

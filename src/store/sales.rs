@@ -67,8 +67,9 @@ pub fn ensure_sale(
             ))?
         }
     };
-    // Item ids are `sale * ITEM_ID_STRIDE + n`: more items would collide with
-    // the next sale's ids, whoever created the row.
+    // Item ids are `sale * ITEM_ID_STRIDE + n` for n in 1..=items: more
+    // than ITEM_ID_STRIDE items would collide with the next sale's ids,
+    // whoever created the row.
     check_items(row.items_total)?;
     ensure_items(client, &row)?;
     Ok(row)
@@ -187,10 +188,10 @@ fn sale_row(row: &postgres::Row) -> Result<SaleRow> {
 }
 
 fn check_items(items: u32) -> Result<()> {
-    if items == 0 || i64::from(items) >= ITEM_ID_STRIDE {
+    if items == 0 || i64::from(items) > ITEM_ID_STRIDE {
         return Err(Error::new(
             ErrorKind::Config,
-            "items per sale must be between 1 and ITEM_ID_STRIDE - 1",
+            format!("items per sale must be between 1 and {ITEM_ID_STRIDE}, not {items}"),
         ));
     }
     Ok(())
@@ -219,8 +220,8 @@ mod tests {
         assert!(check_items(0).is_err());
         assert!(check_items(1).is_ok());
         assert!(check_items(10_000).is_ok());
-        assert!(check_items((ITEM_ID_STRIDE - 1) as u32).is_ok());
-        assert!(check_items(ITEM_ID_STRIDE as u32).is_err());
+        assert!(check_items(ITEM_ID_STRIDE as u32).is_ok());
+        assert!(check_items(ITEM_ID_STRIDE as u32 + 1).is_err());
     }
 
     #[test]
