@@ -2,6 +2,7 @@
 # Local Redis and PostgreSQL for development, tests and CI.
 #
 #   scripts/services.sh start    install if missing, start both, wait until they answer
+#                                (also installs faketime, which tests/clock.rs needs)
 #   scripts/services.sh stop     stop both
 #   scripts/services.sh status   print both states; exit 0 only if both are up
 #
@@ -88,6 +89,14 @@ ensure_redis_installed() {
   fi
   # The Debian package may have started (or may start at boot) its own instance.
   stop_system_redis
+}
+
+# libfaketime, for the tests that run an instance with its clock off
+# (tests/clock.rs preloads its libfaketimeMT.so.1).
+ensure_faketime_installed() {
+  if ! command -v faketime >/dev/null 2>&1; then
+    apt_install faketime
+  fi
 }
 
 PG_BIN=""
@@ -906,6 +915,7 @@ case "$1" in
     [[ $(id -u) -eq 0 ]] || die "run as root (PostgreSQL runs as the dedicated user $PG_OS_USER)"
     redis_start
     pg_start
+    ensure_faketime_installed
     print_urls
     ;;
   stop)

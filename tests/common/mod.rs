@@ -308,6 +308,14 @@ impl TestServer {
         )
     }
 
+    /// A second instance on the same Redis and Postgres databases, with
+    /// extra environment (on top of `other`'s options).
+    pub fn start_sharing_with(other: &TestServer, env: &[(String, String)]) -> TestServer {
+        let mut opts = other.opts.clone();
+        opts.env.extend(env.iter().cloned());
+        Self::spawn(opts, other.redis_db, other.db_name.clone(), false)
+    }
+
     fn spawn(opts: Opts, redis_db: i64, db_name: String, owns_data: bool) -> TestServer {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -496,6 +504,43 @@ impl TestServer {
             sale_id,
         );
     }
+}
+
+/// The environment that runs a process with its wall clock `offset_secs`
+/// off (negative: behind), through libfaketime (Debian package `faketime`,
+/// installed by scripts/services.sh). Monotonic clocks stay true. The
+/// library is found in the usual places, or at `FLASHSALE_FAKETIME_LIB`.
+pub fn faketime_env(offset_secs: i64) -> Vec<(String, String)> {
+    const LIB: &str = "libfaketimeMT.so.1";
+    let candidates = std::env::var("FLASHSALE_FAKETIME_LIB")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            ["/usr/lib", "/usr/local/lib", "/usr/lib64"]
+                .iter()
+                .flat_map(|root| {
+                    let root = PathBuf::from(root);
+                    let mut dirs = vec![root.join("faketime")];
+                    if let Ok(entries) = fs::read_dir(&root) {
+                        dirs.extend(entries.flatten().map(|e| e.path().join("faketime")));
+                    }
+                    dirs
+                })
+                .map(|dir| dir.join(LIB)),
+        );
+    let lib = candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{LIB} not found: install the Debian package faketime (scripts/services.sh does) or set FLASHSALE_FAKETIME_LIB")
+        });
+    vec![
+        ("LD_PRELOAD".to_string(), lib.display().to_string()),
+        ("FAKETIME".to_string(), format!("{offset_secs:+}")),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+    ]
 }
 
 /// Runs `flashsale check --sale <id>` on the given Redis and Postgres and
