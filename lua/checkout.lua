@@ -5,7 +5,8 @@
 --
 -- Key layout of sale S (every key shares the hash tag {sale:S}, so a sale
 -- lives in one Redis Cluster slot):
---   {sale:S}:meta        hash   starts_at, ends_at (Unix s), items, limit, sold
+--   {sale:S}:meta        hash   starts_at, ends_at (Unix s), items, limit, sold;
+--                               closed (Redis ms) once close_sale.lua closed it
 --   {sale:S}:sold        bitmap bit n-1 set when item number n is sold
 --   {sale:S}:user:U      hash   bought (count), code (open code), items (csv of item ids)
 --   {sale:S}:code:C      hash   user; after purchase: status, purchased, unavailable
@@ -13,14 +14,17 @@
 -- User and code keys expire at the sale's end plus the retention; the expiry
 -- is set once, when the key is created.
 --
+-- Redis's clock (TIME) is the only clock that decides: a sale is open from
+-- starts_at to ends_at by Redis's TIME, and not after it was closed.
+--
 -- KEYS[1] meta  KEYS[2] sold
---   then per call i = 1..N: KEYS[1+2i] the user's key ARGV[4] .. user id,
---   KEYS[2+2i] the code key ARGV[5] .. code of a fresh code (used only when
+--   then per call i = 1..N: KEYS[1+2i] the user's key ARGV[3] .. user id,
+--   KEYS[2+2i] the code key ARGV[4] .. code of a fresh code (used only when
 --   the user has no open checkout)
--- ARGV[1] now (Unix ms)  ARGV[2] expire-at for new user and code keys (Unix ms)
--- ARGV[3] first item id of the sale minus one (S * stride)
--- ARGV[4] user key prefix ({sale:S}:user:)  ARGV[5] code key prefix ({sale:S}:code:)
---   then per call i: ARGV[5+i] the item number (1-based)
+-- ARGV[1] expire-at for new user and code keys (Unix ms)
+-- ARGV[2] first item id of the sale minus one (S * stride)
+-- ARGV[3] user key prefix ({sale:S}:user:)  ARGV[4] code key prefix ({sale:S}:code:)
+--   then per call i: ARGV[4+i] the item number (1-based)
 -- (User id, item id and code are read from the keys and the number, so a
 -- call carries three strings, not six. Lua numbers are doubles: item ids
 -- are exact below 2^53, as in purchase.lua.)
@@ -29,18 +33,19 @@
 --   ok       the item is in the checkout (added now or before)
 --   sold     the item is sold
 --   limit    bought + items in the checkout would pass the limit
---   closed   the sale is not open at ARGV[1]
+--   closed   the sale is not open by Redis's clock, or was closed
 --   no_sale  the sale does not exist in Redis
 
 local calls = (#KEYS - 2) / 2
 local replies = {}
 
-local meta = redis.call('HMGET', KEYS[1], 'starts_at', 'ends_at', 'limit')
-local now = tonumber(ARGV[1])
+local meta = redis.call('HMGET', KEYS[1], 'starts_at', 'ends_at', 'limit', 'closed')
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local refusal
 if not meta[1] then
   refusal = {'no_sale', '', ''}
-elseif now < tonumber(meta[1]) * 1000 or now >= tonumber(meta[2]) * 1000 then
+elseif meta[4] or now < tonumber(meta[1]) * 1000 or now >= tonumber(meta[2]) * 1000 then
   refusal = {'closed', '', ''}
 end
 if refusal then
@@ -51,10 +56,10 @@ if refusal then
 end
 
 local limit = tonumber(meta[3])
-local expire_at = ARGV[2]
-local base = tonumber(ARGV[3])
-local user_offset = #ARGV[4] + 1
-local code_offset = #ARGV[5] + 1
+local expire_at = ARGV[1]
+local base = tonumber(ARGV[2])
+local user_offset = #ARGV[3] + 1
+local code_offset = #ARGV[4] + 1
 local SOLD = {'sold', '', ''}
 
 local function checkout(user_key, code_key, number)
@@ -97,6 +102,6 @@ local function checkout(user_key, code_key, number)
 end
 
 for i = 1, calls do
-  replies[i] = checkout(KEYS[1 + 2 * i], KEYS[2 + 2 * i], tonumber(ARGV[5 + i]))
+  replies[i] = checkout(KEYS[1 + 2 * i], KEYS[2 + 2 * i], tonumber(ARGV[4 + i]))
 end
 return replies

@@ -12,10 +12,16 @@
 -- ARGV[6] user key prefix ({sale:S}:user:)  ARGV[7] expire-at of user keys (Unix ms)
 -- ARGV[8] csv of sold item numbers recorded in Postgres (may be empty)
 -- ARGV[9] csv of user:count pairs recorded in Postgres (may be empty)
--- Returns 1 when created (restored or new), 0 when it was there already.
+-- Returns 1 when created (restored or new), 0 when it was there already,
+-- -1 when the sale has ended by Redis's clock (TIME): an ended sale is never
+-- created, so close_sale.lua may close out a sale Redis does not hold.
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
+end
+local time = redis.call('TIME')
+if tonumber(time[1]) >= tonumber(ARGV[3]) then
+  return -1
 end
 local sold = 0
 for n in string.gmatch(ARGV[8] or '', '[^,]+') do

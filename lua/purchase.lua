@@ -3,12 +3,15 @@
 -- record each sale in the outbox stream; store the outcome on the code so
 -- that a retry replays it. Calls are decided in order, each as if it ran
 -- alone (a batch of one is the idle case). Key layout: checkout.lua.
+-- Redis's clock (TIME) decides whether the sale has ended and is the time
+-- recorded with each sale; a sale closed by close_sale.lua has ended too, so
+-- nothing is appended to its outbox once it is closed.
 --
 -- KEYS[1] meta  KEYS[2] sold  KEYS[3] outbox
 --   then per call one code key ARGV[4] .. code (the code is read from it)
--- ARGV[1] now (Unix ms)  ARGV[2] user key prefix ({sale:S}:user:)
--- ARGV[3] first item id of the sale minus one (S * stride)
--- ARGV[4] code key prefix ({sale:S}:code:)
+-- ARGV[1] user key prefix ({sale:S}:user:)
+-- ARGV[2] first item id of the sale minus one (S * stride)
+-- ARGV[3] code key prefix ({sale:S}:code:)
 --
 -- Returns one reply per call, in order:
 --   {'unknown'}                                   no such code
@@ -17,13 +20,15 @@
 --     status '200' when something was bought, '409' when nothing could be;
 --   {'replay', ...same fields...}                  a retry: the stored outcome, unchanged
 
-local meta = redis.call('HMGET', KEYS[1], 'ends_at', 'limit', 'sold')
-local now = tonumber(ARGV[1])
-local ended = not meta[1] or now >= tonumber(meta[1]) * 1000
+local meta = redis.call('HMGET', KEYS[1], 'ends_at', 'limit', 'sold', 'closed')
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local at = string.format('%d', now)
+local ended = not meta[1] or meta[4] or now >= tonumber(meta[1]) * 1000
 local limit = tonumber(meta[2])
 local sold_total = tonumber(meta[3]) or 0
-local base = tonumber(ARGV[3])
-local code_offset = #ARGV[4] + 1
+local base = tonumber(ARGV[2])
+local code_offset = #ARGV[3] + 1
 local UNKNOWN = {'unknown'}
 
 local function purchase(code_key)
@@ -39,7 +44,7 @@ local function purchase(code_key)
   end
 
   local code = string.sub(code_key, code_offset)
-  local user_key = ARGV[2] .. c[1]
+  local user_key = ARGV[1] .. c[1]
   local u = redis.call('HMGET', user_key, 'bought', 'code', 'items')
   local remaining = limit - (tonumber(u[1]) or 0)
   local items = ''
@@ -52,7 +57,7 @@ local function purchase(code_key)
     local bit = tonumber(id) - base - 1
     if remaining > 0 and redis.call('GETBIT', KEYS[2], bit) == 0 then
       redis.call('SETBIT', KEYS[2], bit, 1)
-      redis.call('XADD', KEYS[3], '*', 'item', id, 'user', c[1], 'code', code, 'at', ARGV[1])
+      redis.call('XADD', KEYS[3], '*', 'item', id, 'user', c[1], 'code', code, 'at', at)
       purchased[#purchased + 1] = id
       remaining = remaining - 1
     else

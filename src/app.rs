@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::http::Limits;
 use crate::redis_client::RedisTarget;
 use crate::redis_client::scripts::Scripts;
+use crate::clock::RedisClock;
 use crate::sale::schedule::SharedSchedule;
 use crate::store::PostgresHealth;
 use crate::{check, error, logging, rotator, server, store};
@@ -62,6 +63,7 @@ pub fn serve(config: Config) -> Result<()> {
 
     let scripts = Arc::new(Scripts::new());
     let schedule = Arc::new(SharedSchedule::default());
+    let clock = Arc::new(RedisClock::new());
     let postgres = Arc::new(PostgresHealth::default());
     postgres.set(true);
 
@@ -71,6 +73,7 @@ pub fn serve(config: Config) -> Result<()> {
             batch_rows: config.writer_batch.max(1),
             flush_after: config.writer_flush(),
             redis_url: config.redis_url.clone(),
+            clock: clock.clone(),
         },
         pool.clone(),
         records_rx,
@@ -90,6 +93,7 @@ pub fn serve(config: Config) -> Result<()> {
         },
         pool.clone(),
         schedule.clone(),
+        clock.clone(),
         scripts.clone(),
         migrated,
         rotator_stop.clone(),
@@ -109,6 +113,7 @@ pub fn serve(config: Config) -> Result<()> {
             redis_batching: config.redis_batching(),
             scripts,
             schedule,
+            clock,
             records,
             postgres,
             limits: Limits {

@@ -13,6 +13,8 @@
 //! - [`redis_client`]: the per-core pipelined Redis client and the Lua scripts.
 //! - [`config`], [`metrics`]: every knob (env and flags); per-core counters
 //!   and histograms in Prometheus text.
+//! - [`clock`]: this instance's estimate of Redis's clock, the one clock a
+//!   sale's life follows.
 //! - [`store`]: Postgres (pool, migrations, sale rows, the writer thread).
 //! - [`api`]: routes, parameters, JSON shapes; one `Api` per core.
 //! - [`rotator`]: the thread that prepares and publishes the sales.
@@ -25,6 +27,7 @@
 pub mod api;
 pub mod app;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod event;

@@ -3,7 +3,7 @@
 //! `WriterMetrics`. A scrape merges them all into Prometheus text.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -276,22 +276,34 @@ impl WriterMetrics {
     }
 }
 
-/// Every core's metrics plus the writer's.
+/// Every core's metrics plus the writer's, and the process's clock offset.
 pub struct Registry {
     cores: Mutex<Vec<Arc<CoreMetrics>>>,
     pub writer: WriterMetrics,
+    /// Redis's clock minus this host's wall clock (µs), last measured.
+    clock_offset_us: AtomicI64,
 }
 
-static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
-    cores: Mutex::new(Vec::new()),
-    writer: WriterMetrics::new(),
-});
+static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
 pub fn registry() -> &'static Registry {
     &REGISTRY
 }
 
 impl Registry {
+    fn new() -> Self {
+        Registry {
+            cores: Mutex::new(Vec::new()),
+            writer: WriterMetrics::new(),
+            clock_offset_us: AtomicI64::new(0),
+        }
+    }
+
+    /// The offset of Redis's clock from this host's (see `clock::RedisClock`).
+    pub fn set_clock_offset_us(&self, offset_us: i64) {
+        self.clock_offset_us.store(offset_us, Ordering::Relaxed);
+    }
+
     /// A new core's metrics, registered for scrapes.
     pub fn register_core(&self) -> Arc<CoreMetrics> {
         let core = Arc::new(CoreMetrics::new());
@@ -478,6 +490,13 @@ impl Registry {
                 "flashsale_outbox_dead_lettered_total{{reason=\"{reason}\"}} {n}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP flashsale_clock_offset_seconds Redis's clock minus this host's wall clock, last measured (sales follow Redis's).\n\
+             # TYPE flashsale_clock_offset_seconds gauge\n\
+             flashsale_clock_offset_seconds {}",
+            self.clock_offset_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
 
         out.push_str("# HELP flashsale_writer_rows_total Rows committed to Postgres by table.\n");
         out.push_str("# TYPE flashsale_writer_rows_total counter\n");
@@ -565,10 +584,7 @@ mod tests {
 
     #[test]
     fn merges_cores_and_renders_cumulative_buckets() {
-        let registry = Registry {
-            cores: Mutex::new(Vec::new()),
-            writer: WriterMetrics::new(),
-        };
+        let registry = Registry::new();
         let a = registry.register_core();
         let b = registry.register_core();
         a.request(Route::Checkout, 200, Duration::from_micros(80));
@@ -596,5 +612,11 @@ mod tests {
         assert!(text.contains("flashsale_outbox_dead_lettered_total{reason=\"double_sale\"} 1"));
         assert!(text.contains("flashsale_outbox_dead_lettered_total{reason=\"refused\"} 0"));
         assert!(text.contains("flashsale_outbox_dead_letters 3"));
+        registry.set_clock_offset_us(-90_250_000);
+        assert!(
+            registry
+                .render(0)
+                .contains("\nflashsale_clock_offset_seconds -90.25\n")
+        );
     }
 }

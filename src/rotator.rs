@@ -1,21 +1,28 @@
 //! The timer thread that rotates sales: it keeps the current period's sale
 //! and the next one prepared (row and items in Postgres, state in Redis) and
 //! publishes them to the cores, which switch on the second by the clock.
+//! Both go by Redis's clock: every tick the rotator first measures this
+//! instance's offset to it (`clock::RedisClock`), so an instance whose own
+//! clock is off prepares and serves the same sales as the others.
 //! Creation is idempotent (unique start in Postgres, create-if-absent in
 //! Redis), so several instances may race and still make one sale a period.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::clock::RedisClock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::redis_client::scripts::Scripts;
 use crate::redis_client::{blocking_connection, keys};
 use crate::sale::schedule::{Schedule, SharedSchedule};
-use crate::sale::{SaleInfo, now_ms, period_start};
+use crate::sale::{SaleInfo, period_start};
 use crate::store::PgPool;
 use crate::store::sales::{SaleRow, ensure_sale, purchases_of};
+
+/// How often the offset to Redis's clock is measured.
+const CLOCK_MEASURE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct RotatorConfig {
     pub period_secs: i64,
@@ -61,6 +68,9 @@ struct Rotator {
     config: RotatorConfig,
     pool: PgPool,
     schedule: Arc<SharedSchedule>,
+    clock: Arc<RedisClock>,
+    /// When the clock was last measured.
+    measured_at: Option<Instant>,
     init_sale: redis::Script,
     redis: Option<redis::Connection>,
     /// Sales published so far, oldest first (the last few are kept).
@@ -77,6 +87,7 @@ pub fn spawn(
     config: RotatorConfig,
     pool: PgPool,
     schedule: Arc<SharedSchedule>,
+    clock: Arc<RedisClock>,
     scripts: Arc<Scripts>,
     migrated: bool,
     stop: Arc<AtomicBool>,
@@ -85,6 +96,8 @@ pub fn spawn(
         config,
         pool,
         schedule,
+        clock,
+        measured_at: None,
         init_sale: redis::Script::new(scripts.init_sale.body),
         redis: None,
         prepared: Vec::new(),
@@ -127,8 +140,9 @@ impl Rotator {
     /// Makes sure the current and the next period's sales exist everywhere
     /// and are published.
     fn prepare(&mut self) -> Result<()> {
+        self.measure_clock()?;
         let period = self.config.period_secs;
-        let now_secs = now_ms().div_euclid(1000);
+        let now_secs = self.clock.now_ms().div_euclid(1000);
         let current = period_start(now_secs, period);
         for start in [current, current + period] {
             let sale = match self.prepared.iter().find(|s| s.starts_at == start) {
@@ -158,6 +172,20 @@ impl Rotator {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Measures the offset to Redis's clock, about once a second.
+    fn measure_clock(&mut self) -> Result<()> {
+        if self
+            .measured_at
+            .is_some_and(|t| t.elapsed() < CLOCK_MEASURE_EVERY)
+        {
+            return Ok(());
+        }
+        let clock = self.clock.clone();
+        clock.measure(self.redis()?)?;
+        self.measured_at = Some(Instant::now());
         Ok(())
     }
 
@@ -259,6 +287,12 @@ impl Rotator {
             .arg(&restore.sold_items)
             .arg(&restore.user_counts)
             .invoke(con)?;
+        if created == -1 {
+            tracing::debug!(
+                sale_id = sale.id,
+                "sale already ended by Redis's clock; not created in Redis"
+            );
+        }
         if created == 1 && !recorded.is_empty() {
             tracing::warn!(
                 sale_id = sale.id,

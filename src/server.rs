@@ -41,6 +41,7 @@ pub struct CoreSetup {
     pub redis_batching: BatchLimits,
     pub scripts: Arc<Scripts>,
     pub schedule: Arc<SharedSchedule>,
+    pub clock: Arc<crate::clock::RedisClock>,
     pub records: RecordSender,
     pub postgres: Arc<PostgresHealth>,
     pub limits: Limits,
@@ -192,6 +193,7 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
     let api = Rc::new(Api::new(ApiDeps {
         redis: redis.clone(),
         schedule: setup.schedule.clone(),
+        clock: setup.clock.clone(),
         records: setup.records.clone(),
         postgres: setup.postgres.clone(),
         metrics: metrics.clone(),

@@ -12,7 +12,7 @@ use crate::redis_client::batch::BatchCall;
 use crate::redis_client::scripts::{Script, Scripts};
 use crate::redis_client::{keys, texts};
 use crate::sale::code::new_code;
-use crate::sale::{CheckoutOutcome, ITEM_ID_STRIDE, SaleInfo, now_ms};
+use crate::sale::{CheckoutOutcome, ITEM_ID_STRIDE, SaleInfo};
 use crate::store::{CheckoutRecord, Record};
 
 /// One checkout for checkout.lua; the layout of KEYS and ARGV is at the top
@@ -43,8 +43,7 @@ impl BatchCall for CheckoutCall {
     }
 
     fn shared_args(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(now_ms())
-            .arg(self.expire_at_ms)
+        cmd.arg(self.expire_at_ms)
             .arg(self.sale_id * ITEM_ID_STRIDE)
             .arg(keys::user_prefix(self.sale_id))
             .arg(keys::code_prefix(self.sale_id));
@@ -72,8 +71,11 @@ impl Api {
         let query = Query::parse(query);
         let user_id = query.positive_id("user_id", "user_id must be a positive integer")?;
         let item_id = query.positive_id("id", "id must be a positive integer")?;
-        let now = now_ms();
-        let sale = self.active_sale(now).ok_or(NO_ACTIVE_SALE)?;
+        // The record's time: Redis's clock as this instance tracks it (the
+        // same for attempts answered here and by the script), inside the
+        // window of the sale it picks.
+        let now = self.deps.clock.now_ms();
+        let sale = self.active_sale_at(now).ok_or(NO_ACTIVE_SALE)?;
         if !self.deps.records.has_room() {
             self.deps.metrics.writer_queue_full();
             return Err(WRITER_QUEUE_FULL);

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
+use crate::clock::RedisClock;
 use crate::error::{Error, ErrorKind};
 use crate::http::request::ParseError;
 use crate::http::response::{ResponseHead, error_body};
@@ -34,6 +35,8 @@ const RETRY_AFTER_SECS: u32 = 1;
 pub struct ApiDeps {
     pub redis: RedisClient,
     pub schedule: Arc<SharedSchedule>,
+    /// Redis's clock, as this instance estimates it: picks the active sale.
+    pub clock: Arc<RedisClock>,
     pub records: RecordSender,
     pub postgres: Arc<PostgresHealth>,
     pub metrics: Arc<CoreMetrics>,
@@ -131,8 +134,14 @@ impl Api {
         }
     }
 
-    /// The sale open now, if any.
-    fn active_sale(&self, now_ms: i64) -> Option<SaleInfo> {
+    /// The sale open now by Redis's clock (as this instance estimates it),
+    /// if any; the scripts decide on Redis's own `TIME`.
+    fn active_sale(&self) -> Option<SaleInfo> {
+        self.active_sale_at(self.deps.clock.now_ms())
+    }
+
+    /// The sale open at `now_ms` (Redis's clock, as estimated), if any.
+    fn active_sale_at(&self, now_ms: i64) -> Option<SaleInfo> {
         self.schedule
             .borrow_mut()
             .current()
@@ -236,8 +245,7 @@ impl Api {
     /// Keeps the known-sold map of this core fresh from Redis's bitmap, so
     /// items sold through other cores and instances are answered locally.
     pub async fn refresh_sold_map(&self) {
-        let now = crate::sale::now_ms();
-        let Some(sale) = self.active_sale(now) else {
+        let Some(sale) = self.active_sale() else {
             return;
         };
         {

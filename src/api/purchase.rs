@@ -11,8 +11,8 @@ use crate::http::response::write_json;
 use crate::redis_client::batch::BatchCall;
 use crate::redis_client::scripts::{Script, Scripts};
 use crate::redis_client::{keys, texts};
+use crate::sale::ITEM_ID_STRIDE;
 use crate::sale::code::parse_code;
-use crate::sale::{ITEM_ID_STRIDE, now_ms};
 
 /// One purchase for purchase.lua; the layout of KEYS and ARGV is at the top
 /// of the script.
@@ -42,8 +42,7 @@ impl BatchCall for PurchaseCall {
     }
 
     fn shared_args(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(now_ms())
-            .arg(keys::user_prefix(self.sale_id))
+        cmd.arg(keys::user_prefix(self.sale_id))
             .arg(self.first_item)
             .arg(keys::code_prefix(self.sale_id));
     }

@@ -11,7 +11,7 @@ use crate::http::ResponseHead;
 use crate::http::response::{PROMETHEUS_TEXT, write_json};
 use crate::metrics::registry;
 use crate::redis_client::keys;
-use crate::sale::{image_url, item_id, item_name, now_ms};
+use crate::sale::{image_url, item_id, item_name};
 
 const SALE_NOT_FOUND: Reject = Reject::new(404, "sale_not_found", "no such sale");
 const MAX_PAGE: i64 = 1000;
@@ -23,7 +23,7 @@ pub fn sale_items_path(path: &str) -> Option<&str> {
 
 impl Api {
     pub(super) async fn sales_active(&self, body: &mut Vec<u8>) -> Answer {
-        let sale = self.active_sale(now_ms()).ok_or(NO_ACTIVE_SALE)?;
+        let sale = self.active_sale().ok_or(NO_ACTIVE_SALE)?;
         let sold: Option<u64> = {
             let _slot = self.begin_redis_work()?;
             self.meta_field(sale.id, "sold").await?

@@ -19,11 +19,15 @@ impl Script {
     }
 }
 
+/// lua/close_sale.lua, which the writer runs on its own blocking connection.
+pub const CLOSE_SALE: &str = include_str!("../../lua/close_sale.lua");
+
 /// Every script the server runs.
 pub struct Scripts {
     pub checkout: Script,
     pub purchase: Script,
     pub init_sale: Script,
+    pub close_sale: Script,
 }
 
 impl Scripts {
@@ -32,11 +36,17 @@ impl Scripts {
             checkout: Script::new("checkout", include_str!("../../lua/checkout.lua")),
             purchase: Script::new("purchase", include_str!("../../lua/purchase.lua")),
             init_sale: Script::new("init_sale", include_str!("../../lua/init_sale.lua")),
+            close_sale: Script::new("close_sale", CLOSE_SALE),
         }
     }
 
-    pub fn all(&self) -> [&Script; 3] {
-        [&self.checkout, &self.purchase, &self.init_sale]
+    pub fn all(&self) -> [&Script; 4] {
+        [
+            &self.checkout,
+            &self.purchase,
+            &self.init_sale,
+            &self.close_sale,
+        ]
     }
 }
 

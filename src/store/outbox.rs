@@ -1,8 +1,10 @@
 //! The per-sale purchase outbox in Redis: `purchase.lua` appends one stream
-//! entry per sold item (`XADD {sale:S}:outbox * item I user U code C at MS`)
-//! atomically with the sale; this module reads those entries (XRANGE), parses
-//! them, and deletes them (XDEL) once the writer has committed them to
-//! Postgres. An entry that can never be recorded is moved to the sale's
+//! entry per sold item (`XADD {sale:S}:outbox * item I user U code C at MS`,
+//! MS by Redis's clock) atomically with the sale; this module reads those
+//! entries (XRANGE), parses them, and deletes them (XDEL) once the writer has
+//! committed them to Postgres. A sale's outbox is deleted only after the sale
+//! is closed in Redis (`close_sale`), when nothing can be appended any more.
+//! An entry that can never be recorded is moved to the sale's
 //! dead-letter stream (`lua/dead_letter.lua`, indexed in
 //! `keys::DEAD_LETTER_INDEX`), which this module also reads and counts.
 //! Blocking; runs on the writer thread and in `flashsale check`.
@@ -72,6 +74,17 @@ pub fn ack(con: &mut redis::Connection, sale_id: i64, ids: &[String]) -> Result<
             .query(con)?;
     }
     Ok(())
+}
+
+/// Closes the sale in Redis if Redis's clock has passed its end (see
+/// lua/close_sale.lua; `ends_at` is Postgres's, for a sale Redis does not
+/// hold). Returns whether the sale is closed: from then on its outbox only
+/// shrinks.
+pub fn close_sale(con: &mut redis::Connection, sale_id: i64, ends_at: i64) -> Result<bool> {
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(crate::redis_client::scripts::CLOSE_SALE));
+    let closed: i64 = SCRIPT.key(keys::meta(sale_id)).arg(ends_at).invoke(con)?;
+    Ok(closed == 1)
 }
 
 /// Entries still in the outbox.

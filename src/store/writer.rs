@@ -24,6 +24,7 @@ use super::batch::{KnownUsers, classify, insert_checkouts, insert_purchases, wri
 use super::outbox::{self, DeadReason, OutboxEntry};
 use super::sales::{self, SaleRow};
 use super::{CheckoutRecord, PgPool, PostgresHealth, Record};
+use crate::clock::RedisClock;
 use crate::redis_client::blocking_connection;
 
 /// The writer's knobs.
@@ -35,6 +36,8 @@ pub struct WriterConfig {
     pub flush_after: Duration,
     /// Where the purchase outboxes live.
     pub redis_url: String,
+    /// Redis's clock as this instance tracks it: when to try closing a sale.
+    pub clock: Arc<RedisClock>,
 }
 
 /// While Postgres is down the writer holds at most this many batches; past
@@ -53,9 +56,6 @@ const OUTBOX_ROUNDS: usize = 4;
 /// How often the list of sales to drain is re-read (and outboxes re-read
 /// from their head).
 const SALES_REFRESH: Duration = Duration::from_secs(1);
-/// A sale is closed out (outbox deleted, row marked drained) this long after
-/// its end, once its outbox is empty.
-const CLOSE_OUT_AFTER_SECS: i64 = 60;
 /// Probe Postgres when it has not been talked to for this long.
 const PROBE_IDLE: Duration = Duration::from_secs(1);
 /// ... and more often while it is down, so that health comes back quickly.
@@ -611,13 +611,16 @@ impl Writer {
 
         let mut more = false;
         let mut pending = 0u64;
-        let now_secs = crate::sale::now_ms() / 1000;
+        let now_ms = self.config.clock.now_ms();
         for sale in self.sales.clone() {
+            // Close first (Redis decides, by its clock), so that what the
+            // drain below leaves is all there will ever be.
+            let closed = refresh && now_ms >= sale.ends_at * 1000 && self.close(&sale)?;
             more |= self.drain_sale(sale.id, full)?;
             let con = self.redis_now()?;
             let left = outbox::len(con, sale.id).map_err(DrainError::Redis)?;
             pending += left;
-            if refresh && now_secs >= sale.ends_at + CLOSE_OUT_AFTER_SECS {
+            if closed {
                 self.close_out(sale.id, left)?;
             }
         }
@@ -774,7 +777,15 @@ impl Writer {
         Ok(())
     }
 
-    /// An ended sale's last step: once its outbox is empty, mark it drained
+    /// The close-out's first step: closes the sale in Redis once Redis's
+    /// clock has passed its end (`close_sale.lua`; purchases are refused
+    /// from then on). Returns whether it is closed.
+    fn close(&mut self, sale: &SaleRow) -> Result<bool, DrainError> {
+        let con = self.redis_now()?;
+        outbox::close_sale(con, sale.id, sale.ends_at).map_err(DrainError::Redis)
+    }
+
+    /// A closed sale's last step: once its outbox is empty, mark it drained
     /// and delete the stream. (Entries that can never be recorded are in the
     /// dead letter already; entries left are still to be recorded.)
     fn close_out(&mut self, sale_id: i64, left: u64) -> Result<(), DrainError> {
