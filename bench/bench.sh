@@ -508,7 +508,7 @@ wait_writer_idle() { # timeout_s
 # The redis-benchmark command for the purchase script, built here only. It
 # calls lua/purchase.lua exactly as a core does with a batch of one (see the
 # layout at the top of the script): KEYS meta, sold, outbox and one code key;
-# ARGV now, user key prefix, first item id minus one, code key prefix. The
+# ARGV user key prefix, first item id minus one, code key prefix. The
 # script reads the code from its key, so redis-benchmark's one __rand_int__
 # placeholder (it gives every placeholder its own number) picks a prepared
 # code: {sale:S}:code:S-<20 zeros><12 digits>, as bench/prep_codes.py writes.
@@ -519,7 +519,7 @@ purchase_bench_cmd() { # db sale_id requests pipeline clients codes sha
   RB_CMD=(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" --dbnum "$db" -c "$clients" -n "$requests"
     -r "$codes" -P "$pipeline" --precision 3
     EVALSHA "$sha" 4 "$tag:meta" "$tag:sold" "$tag:outbox" "$tag:code:${sale}-00000000000000000000__rand_int__"
-    "$(date +%s%3N)" "$tag:user:" "$((sale * 1000000))" "$tag:code:")
+    "$tag:user:" "$((sale * 1000000))" "$tag:code:")
 }
 
 # codes of the sale spent (purchased, first time), out of 0..codes-1

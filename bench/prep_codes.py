@@ -6,7 +6,7 @@
 
 Writes (after SELECT <db> with --db) for code i in 0..codes-1 one EVALSHA of
 lua/checkout.lua per item of its checkout, exactly as a core calls it with a
-batch of one (KEYS meta, sold, user key, code key; ARGV now, expire-at, first
+batch of one (KEYS meta, sold, user key, code key; ARGV expire-at, first
 item id minus one, user key prefix, code key prefix, item number), so the
 state is the one real checkouts leave:
 
@@ -23,7 +23,6 @@ arguments holds the same mix. Python 3 standard library only.
 import argparse
 import random
 import sys
-import time
 
 
 def resp(*args) -> bytes:
@@ -53,7 +52,6 @@ def main() -> int:
     s = args.sale
     meta, sold = f"{{sale:{s}}}:meta", f"{{sale:{s}}}:sold"
     base = s * 1_000_000
-    now = int(time.time() * 1000)
     expire = args.ends_at * 1000 + args.retention_ms
     k_max = max(1, min(args.max_items, args.items))
     out = sys.stdout.buffer
@@ -68,7 +66,7 @@ def main() -> int:
         for n in rng.sample(range(1, args.items + 1), rng.randint(1, k_max)):
             chunk.append(
                 resp("EVALSHA", args.checkout_sha, 4, meta, sold, user_key, code_key,
-                     now, expire, base, f"{{sale:{s}}}:user:", f"{{sale:{s}}}:code:", n)
+                     expire, base, f"{{sale:{s}}}:user:", f"{{sale:{s}}}:code:", n)
             )
         if len(chunk) >= 4096:
             out.write(b"".join(chunk))
