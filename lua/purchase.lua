@@ -21,10 +21,19 @@
 --   {'replay', ...same fields...}                  a retry: the stored outcome, unchanged
 
 local meta = redis.call('HMGET', KEYS[1], 'ends_at', 'limit', 'sold', 'closed')
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local at = string.format('%d', now)
-local ended = not meta[1] or meta[4] or now >= tonumber(meta[1]) * 1000
+-- Redis's time (Unix ms, as a string) and whether the sale has ended, read
+-- once, when the first call of the batch needs them (replays and unknown
+-- codes do not).
+local at, ended
+local function sale_ended()
+  if ended == nil then
+    local time = redis.call('TIME')
+    local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+    at = string.format('%d', now)
+    ended = not meta[1] or meta[4] ~= false or now >= tonumber(meta[1]) * 1000
+  end
+  return ended
+end
 local limit = tonumber(meta[2])
 local sold_total = tonumber(meta[3]) or 0
 local base = tonumber(ARGV[2])
@@ -39,7 +48,7 @@ local function purchase(code_key)
   if c[2] then
     return {'replay', c[1], c[3], c[4], c[2], tostring(sold_total)}
   end
-  if ended then
+  if sale_ended() then
     return {'ended', c[1]}
   end
 
