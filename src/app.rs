@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 
+use crate::clock::RedisClock;
 use crate::config::{Cli, Command, Config};
 use crate::error::Result;
 use crate::http::Limits;
 use crate::redis_client::RedisTarget;
 use crate::redis_client::scripts::Scripts;
-use crate::clock::RedisClock;
 use crate::sale::schedule::SharedSchedule;
 use crate::store::PostgresHealth;
 use crate::{check, error, logging, rotator, server, store};
