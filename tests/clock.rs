@@ -205,11 +205,23 @@ fn skewed_instance_sells_only_inside_windows_and_loses_nothing(skew_secs: i64) {
     // Postgres agree.
     let mut redis = correct.redis();
     for &sale_id in &sale_ids {
-        let outbox: i64 = redis::cmd("EXISTS")
-            .arg(format!("{{sale:{sale_id}}}:outbox"))
+        // (Deleted right after the sale is marked drained in Postgres.)
+        eventually(
+            Duration::from_secs(10),
+            &format!("sale {sale_id}: its outbox deleted after the close-out"),
+            || {
+                redis::cmd("EXISTS")
+                    .arg(format!("{{sale:{sale_id}}}:outbox"))
+                    .query::<i64>(&mut redis)
+                    .is_ok_and(|n| n == 0)
+            },
+        );
+        let closed: Option<String> = redis::cmd("HGET")
+            .arg(format!("{{sale:{sale_id}}}:meta"))
+            .arg("closed")
             .query(&mut redis)
-            .expect("EXISTS outbox");
-        assert_eq!(outbox, 0, "sale {sale_id}: outbox left after the close-out");
+            .expect("HGET meta closed");
+        assert!(closed.is_some(), "sale {sale_id} is not closed in Redis");
         correct.assert_consistent(sale_id);
     }
 
@@ -241,4 +253,35 @@ fn an_instance_whose_clock_is_behind_sells_only_inside_windows_and_loses_nothing
 #[test]
 fn an_instance_whose_clock_is_ahead_sells_only_inside_windows_and_loses_nothing() {
     skewed_instance_sells_only_inside_windows_and_loses_nothing(SKEW_SECS);
+}
+
+/// The close-out's first step is final: once a sale is marked closed in its
+/// Redis meta, its scripts refuse it, even while its window is still open by
+/// every clock, and nothing more enters its outbox.
+#[test]
+fn a_sale_closed_in_redis_refuses_checkouts_and_purchases() {
+    let s = TestServer::start(Opts::default());
+    let sale = s.active_sale();
+    let held = s.checkout(1, sale.item(1));
+    held.assert_status(200);
+    let code = held.str("code");
+
+    let mut redis = s.redis();
+    let _: i64 = redis::cmd("HSET")
+        .arg(format!("{{sale:{}}}:meta", sale.id))
+        .arg("closed")
+        .arg(now_ms())
+        .query(&mut redis)
+        .expect("HSET closed");
+
+    s.purchase(&code).assert_error(410, "sale_ended");
+    s.checkout(2, sale.item(2))
+        .assert_error(404, "item_not_found");
+    let outbox: i64 = redis::cmd("XLEN")
+        .arg(format!("{{sale:{}}}:outbox", sale.id))
+        .query(&mut redis)
+        .expect("XLEN outbox");
+    assert_eq!(outbox, 0, "a closed sale's outbox grew");
+    assert_eq!(s.active_sale().items_sold, 0);
+    s.assert_consistent(sale.id);
 }
