@@ -90,6 +90,7 @@ pub fn serve(config: Config) -> Result<()> {
             redis_url: config.redis_url.clone(),
             redis_timeout: config.redis_timeout().max(Duration::from_secs(1)),
             retention_ms: config.retention_ms(),
+            checkouts_retention_days: config.checkouts_retention_days,
         },
         pool.clone(),
         schedule.clone(),

@@ -192,6 +192,15 @@ pub struct Config {
     )]
     pub sale_retention_secs: u64,
 
+    /// Days of `checkouts` kept in Postgres: daily partitions that end more than
+    /// this many days before today are dropped; 0 keeps every partition.
+    #[arg(
+        long = "checkouts-retention-days",
+        env = "FLASHSALE_CHECKOUTS_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub checkouts_retention_days: u32,
+
     /// Largest request line (method, target, version), in bytes; past it → 431.
     #[arg(
         long = "max-request-line-bytes",

@@ -19,6 +19,7 @@ use crate::redis_client::{blocking_connection, keys};
 use crate::sale::schedule::{Schedule, SharedSchedule};
 use crate::sale::{SaleInfo, period_start};
 use crate::store::PgPool;
+use crate::store::partitions::PartitionKeeper;
 use crate::store::sales::{SaleRow, ensure_sale, purchases_of};
 
 /// How often the offset to Redis's clock is measured.
@@ -32,6 +33,8 @@ pub struct RotatorConfig {
     pub redis_timeout: Duration,
     /// How long user keys outlive their sale (ms), as the scripts set it.
     pub retention_ms: i64,
+    /// Days of `checkouts` partitions kept in Postgres (0: all).
+    pub checkouts_retention_days: u32,
 }
 
 /// What Postgres recorded of a sale, in init_sale.lua's argument format.
@@ -80,6 +83,7 @@ struct Rotator {
     migrated: bool,
     /// Whether the last sale came from the Redis index (Postgres was down).
     using_index: bool,
+    partitions: PartitionKeeper,
 }
 
 /// Starts the rotator thread; it runs until `stop` is set.
@@ -93,6 +97,7 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     let mut rotator = Rotator {
+        partitions: PartitionKeeper::new(config.checkouts_retention_days),
         config,
         pool,
         schedule,
@@ -114,6 +119,9 @@ impl Rotator {
         let tick =
             Duration::from_millis((self.config.period_secs as u64 * 1000 / 4).clamp(100, 1000));
         let mut failing = false;
+        // Partitions first at start, so that the first checkouts find theirs;
+        // afterwards after the sales, which they must never delay.
+        self.keep_partitions();
         while !stop.load(Ordering::Relaxed) {
             match self.prepare() {
                 Ok(()) => {
@@ -133,7 +141,15 @@ impl Rotator {
                     self.redis = None;
                 }
             }
+            self.keep_partitions();
             std::thread::sleep(tick);
+        }
+    }
+
+    /// Creates and drops `checkouts` partitions when due (see `PartitionKeeper`).
+    fn keep_partitions(&mut self) {
+        if self.migrated {
+            self.partitions.tick(&self.pool, self.clock.now_ms());
         }
     }
 

@@ -8,11 +8,28 @@ use crate::error::{Error, ErrorKind, Result};
 use super::PgPool;
 
 /// `(version, name, sql)`, in order. Add new files here.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_init",
-    include_str!("../../migrations/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_init",
+        include_str!("../../migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        "0002_checkouts_bound",
+        include_str!("../../migrations/0002_checkouts_bound.sql"),
+    ),
+    (
+        3,
+        "0003_checkouts_bound_validate",
+        include_str!("../../migrations/0003_checkouts_bound_validate.sql"),
+    ),
+    (
+        4,
+        "0004_checkouts_partitioned",
+        include_str!("../../migrations/0004_checkouts_partitioned.sql"),
+    ),
+];
 
 /// Key of the advisory lock that serializes migrations across instances
 /// ("flashmig" in ASCII).

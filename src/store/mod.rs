@@ -7,6 +7,7 @@
 mod batch;
 pub mod migrate;
 pub mod outbox;
+pub mod partitions;
 pub mod sales;
 pub mod writer;
 

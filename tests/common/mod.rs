@@ -298,6 +298,42 @@ impl TestServer {
         Self::spawn(opts, redis_db, db_name, true)
     }
 
+    /// A server on a Postgres database that `setup` prepared first (say, an
+    /// older schema with rows in it).
+    pub fn start_after(opts: Opts, setup: impl FnOnce(&mut postgres::Client)) -> TestServer {
+        let (redis_db, db_name) = Self::prepare_data(&opts, setup);
+        Self::spawn(opts, redis_db, db_name, true)
+    }
+
+    /// A Redis database and a Postgres database that `setup` prepared, for
+    /// `start_on` (several instances may then start on them at once).
+    pub fn prepare_data(opts: &Opts, setup: impl FnOnce(&mut postgres::Client)) -> (i64, String) {
+        avoid_period_boundary(opts.period_secs);
+        let redis_db = alloc_redis_db();
+        let db_name = create_database();
+        setup(&mut pg_connect(&pg_url_for(&db_name)));
+        (redis_db, db_name)
+    }
+
+    /// A server on data from `prepare_data`; `owns_data`: drops it at the end.
+    pub fn start_on(opts: Opts, redis_db: i64, db_name: &str, owns_data: bool) -> TestServer {
+        Self::spawn(opts, redis_db, db_name.to_string(), owns_data)
+    }
+
+    /// Kills the process (SIGKILL) and starts a new one on the same data with
+    /// `opts`; the test goes on talking to the new one.
+    pub fn restart(&mut self, opts: Opts) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut next = Self::spawn(opts, self.redis_db, self.db_name.clone(), false);
+        std::mem::swap(&mut self.child, &mut next.child);
+        std::mem::swap(&mut self.addr, &mut next.addr);
+        std::mem::swap(&mut self.name, &mut next.name);
+        std::mem::swap(&mut self.log_path, &mut next.log_path);
+        std::mem::swap(&mut self.opts, &mut next.opts);
+        *self.conn.lock().unwrap() = None;
+    }
+
     /// A second instance on the same Redis database and Postgres database.
     pub fn start_sharing(other: &TestServer) -> TestServer {
         Self::spawn(
