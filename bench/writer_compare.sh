@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The Postgres writer on the checkout crowd, two builds side by side: rows of
+# `checkouts` recorded per second and Postgres CPU per recorded row, runs
+# alternating A, B, A, B, ... so that a drifting host hits both alike.
+#
+#   A_BIN=/path/to/flashsale-before B_BIN=target/release/flashsale bash bench/writer_compare.sh
+#   ROUNDS=3 DURATION=10s CONNECTIONS=64 bash bench/writer_compare.sh
+#
+# Each run gets a fresh Postgres database and Redis database, a server with the
+# default batching, `wrk` with bench/checkout.lua (random users, random items of
+# the fresh sale) for DURATION, then waits until every answered checkout is a
+# row. Postgres CPU is the user+system time of the backends connected to the
+# run's database (from /proc, sampled after the server started and after the
+# drain), so other databases' work on a shared cluster is not counted.
+# Needs Redis on REDIS_PORT and Postgres on PG_PORT (user flashsale) running.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+A_BIN="${A_BIN:?A_BIN: the reference build}"
+B_BIN="${B_BIN:-$ROOT/target/release/flashsale}"
+A_NAME="${A_NAME:-A}"
+B_NAME="${B_NAME:-B}"
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-10s}"
+CONNECTIONS="${CONNECTIONS:-64}"
+THREADS="${THREADS:-1}"
+PORT="${PORT:-18190}"
+REDIS_PORT="${REDIS_PORT:-6379}"
+REDIS_DB="${REDIS_DB:-1020}"
+PG_PORT="${PG_PORT:-5432}"
+PG_DB="${PG_DB:-fswriter_compare}"
+CORES="${CORES:-$(nproc)}"
+OUT="${OUT:-$(mktemp -d /tmp/writer_compare.XXXXXX)}"
+
+PG_ADMIN="postgres://flashsale@127.0.0.1:$PG_PORT/postgres"
+TICKS="$(getconf CLK_TCK)"
+psql_q() { psql -X -At "$1" -c "$2"; }
+log() { echo "[writer_compare] $*" >&2; }
+
+# user+system ticks of the backends connected to $PG_DB
+pg_ticks() {
+  local total=0 pid f
+  for pid in $(psql_q "postgres://flashsale@127.0.0.1:$PG_PORT/$PG_DB" \
+    "select pid from pg_stat_activity where datname = '$PG_DB' and pid <> pg_backend_pid()"); do
+    f="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
+    f="${f##*) }"
+    # fields after the command: state is 3, utime 14, stime 15
+    set -- $f
+    total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
+}
+
+run_one() { # name binary round
+  local name=$1 bin=$2 round=$3 log_file="$OUT/$1-r$3.log" pid active sale items answered rows t0 t1 ticks0 ticks1
+  redis-cli -p "$REDIS_PORT" -n "$REDIS_DB" flushdb >/dev/null
+  psql_q "$PG_ADMIN" "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
+  psql_q "$PG_ADMIN" "CREATE DATABASE $PG_DB" >/dev/null
+  env FLASHSALE_LISTEN="127.0.0.1:$PORT" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/$REDIS_DB" \
+    DATABASE_URL="postgres://flashsale@127.0.0.1:$PG_PORT/$PG_DB" FLASHSALE_CORES="$CORES" \
+    FLASHSALE_LOG=warn "$bin" >"$log_file" 2>&1 &
+  pid=$!
+  for _ in $(seq 600); do
+    active="$(curl -fsS --max-time 2 "http://127.0.0.1:$PORT/sales/active" 2>/dev/null || true)"
+    [[ -n $active ]] && break
+    sleep 0.1
+  done
+  [[ -n $active ]] || { kill "$pid"; log "no active sale; see $log_file"; exit 1; }
+  sale="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["sale_id"])' "$active")"
+  items="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["items_total"])' "$active")"
+  # warm the pool: one checkout so the writer holds its connections
+  curl -fsS -X POST "http://127.0.0.1:$PORT/checkout?user_id=1&id=$((sale * 1000000 + 1))" >/dev/null
+  sleep 1
+  ticks0="$(pg_ticks)"
+  t0="$(date +%s.%N)"
+  SALE_ID="$sale" ITEMS="$items" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" \
+    -s "$ROOT/bench/checkout.lua" "http://127.0.0.1:$PORT" >"$OUT/$name-r$round.wrk" 2>&1
+  t1="$(date +%s.%N)"
+  answered="$(curl -fsS "http://127.0.0.1:$PORT/metrics" |
+    awk '/^flashsale_requests_total\{route="checkout",status="(200|404|409)"\}/ {s += $2} END {print s + 0}')"
+  for _ in $(seq 600); do
+    rows="$(psql_q "postgres://flashsale@127.0.0.1:$PG_PORT/$PG_DB" "select count(*) from checkouts")"
+    [[ $rows -ge $answered ]] && break
+    sleep 0.1
+  done
+  ticks1="$(pg_ticks)"
+  kill -TERM "$pid"
+  wait "$pid" || true
+  python3 - "$name" "$round" "$rows" "$answered" "$t0" "$t1" "$ticks0" "$ticks1" "$TICKS" <<'EOF'
+import sys
+name, rnd, rows, answered, t0, t1, k0, k1, hz = sys.argv[1:]
+rows, answered = int(rows), int(answered)
+secs = float(t1) - float(t0)
+cpu_s = (int(k1) - int(k0)) / int(hz)
+print(f"{name}\tr{rnd}\t{rows}\t{answered}\t{secs:.2f}\t{rows / secs:.0f}\t{cpu_s:.2f}\t{cpu_s / max(rows, 1) * 1e6:.2f}")
+EOF
+}
+
+log "results in $OUT; A=$A_BIN ($A_NAME) B=$B_BIN ($B_NAME)"
+printf 'build\tround\trows\tanswered\tload_s\trows_per_s\tpg_cpu_s\tpg_cpu_us_per_row\n' | tee "$OUT/runs.tsv"
+for round in $(seq "$ROUNDS"); do
+  # alternate which goes first, so neither always follows the other
+  if ((round % 2)); then order=("A" "B"); else order=("B" "A"); fi
+  for which in "${order[@]}"; do
+    if [[ $which == A ]]; then run_one "$A_NAME" "$A_BIN" "$round"; else run_one "$B_NAME" "$B_BIN" "$round"; fi | tee -a "$OUT/runs.tsv"
+  done
+done
+psql_q "$PG_ADMIN" "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
+redis-cli -p "$REDIS_PORT" -n "$REDIS_DB" flushdb >/dev/null
+python3 - "$OUT/runs.tsv" "$A_NAME" "$B_NAME" <<'EOF'
+import csv, sys, statistics
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+a, b = sys.argv[2], sys.argv[3]
+def med(name, key):
+    return statistics.median(float(r[key]) for r in rows if r["build"] == name)
+print(f"median rows/s        {a}: {med(a, 'rows_per_s'):.0f}  {b}: {med(b, 'rows_per_s'):.0f}  ratio {b}/{a}: {med(b, 'rows_per_s') / med(a, 'rows_per_s'):.3f}")
+print(f"median pg us per row {a}: {med(a, 'pg_cpu_us_per_row'):.2f}  {b}: {med(b, 'pg_cpu_us_per_row'):.2f}  ratio {b}/{a}: {med(b, 'pg_cpu_us_per_row') / med(a, 'pg_cpu_us_per_row'):.3f}")
+EOF
