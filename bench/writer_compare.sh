@@ -31,6 +31,7 @@ PG_PORT="${PG_PORT:-5432}"
 PG_DB="${PG_DB:-fswriter_compare}"
 CORES="${CORES:-$(nproc)}"
 OUT="${OUT:-$(mktemp -d /tmp/writer_compare.XXXXXX)}"
+mkdir -p "$OUT"
 
 PG_ADMIN="postgres://flashsale@127.0.0.1:$PG_PORT/postgres"
 TICKS="$(getconf CLK_TCK)"
@@ -51,25 +52,32 @@ pg_ticks() {
   echo "$total"
 }
 
+SERVER_PID=""
+trap '[[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null; true' EXIT
+
 run_one() { # name binary round
-  local name=$1 bin=$2 round=$3 log_file="$OUT/$1-r$3.log" pid active sale items answered rows t0 t1 ticks0 ticks1
+  local name=$1 bin=$2 round=$3 log_file="$OUT/$1-r$3.log" active sale items answered rows t0 t1 ticks0 ticks1
   redis-cli -p "$REDIS_PORT" -n "$REDIS_DB" flushdb >/dev/null
   psql_q "$PG_ADMIN" "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
   psql_q "$PG_ADMIN" "CREATE DATABASE $PG_DB" >/dev/null
+  if ss -ltnH "sport = :$PORT" | grep -q .; then
+    log "port $PORT is taken (another server?): set PORT"
+    exit 1
+  fi
   env FLASHSALE_LISTEN="127.0.0.1:$PORT" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/$REDIS_DB" \
     DATABASE_URL="postgres://flashsale@127.0.0.1:$PG_PORT/$PG_DB" FLASHSALE_CORES="$CORES" \
     FLASHSALE_LOG=warn "$bin" >"$log_file" 2>&1 &
-  pid=$!
+  SERVER_PID=$!
   for _ in $(seq 600); do
     active="$(curl -fsS --max-time 2 "http://127.0.0.1:$PORT/sales/active" 2>/dev/null || true)"
     [[ -n $active ]] && break
     sleep 0.1
   done
-  [[ -n $active ]] || { kill "$pid"; log "no active sale; see $log_file"; exit 1; }
+  [[ -n $active ]] || { log "no active sale; see $log_file"; exit 1; }
   sale="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["sale_id"])' "$active")"
   items="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["items_total"])' "$active")"
   # warm the pool: one checkout so the writer holds its connections
-  curl -fsS -X POST "http://127.0.0.1:$PORT/checkout?user_id=1&id=$((sale * 1000000 + 1))" >/dev/null
+  curl -sS -o /dev/null -X POST "http://127.0.0.1:$PORT/checkout?user_id=1&id=$((sale * 1000000 + 1))"
   sleep 1
   ticks0="$(pg_ticks)"
   t0="$(date +%s.%N)"
@@ -84,8 +92,9 @@ run_one() { # name binary round
     sleep 0.1
   done
   ticks1="$(pg_ticks)"
-  kill -TERM "$pid"
-  wait "$pid" || true
+  kill -TERM "$SERVER_PID"
+  wait "$SERVER_PID" || true
+  SERVER_PID=""
   python3 - "$name" "$round" "$rows" "$answered" "$t0" "$t1" "$ticks0" "$ticks1" "$TICKS" <<'EOF'
 import sys
 name, rnd, rows, answered, t0, t1, k0, k1, hz = sys.argv[1:]
