@@ -2,6 +2,9 @@
 //! it writes (relaxed atomics, no contention); the writer thread owns
 //! `WriterMetrics`. A scrape merges them all into Prometheus text.
 
+pub mod process;
+pub mod sale;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -113,6 +116,12 @@ impl crate::redis_client::batch::BatchObserver for CoreMetrics {
             self.redis_batch_calls[i].observe(calls as u64);
         }
     }
+
+    fn batch_answered(&self, script: &'static str, elapsed: Duration) {
+        if let Some(i) = BATCHED_SCRIPTS.iter().position(|&s| s == script) {
+            self.redis_call_latency[i].observe(elapsed.as_micros() as u64);
+        }
+    }
 }
 
 /// What one core counts. Only that core writes it.
@@ -129,6 +138,7 @@ pub struct CoreMetrics {
     connections_total: AtomicU64,
     connections_refused: AtomicU64,
     redis_batch_calls: [Histogram<8>; BATCHED_SCRIPTS.len()],
+    redis_call_latency: [Histogram<16>; BATCHED_SCRIPTS.len()],
 }
 
 impl CoreMetrics {
@@ -146,6 +156,8 @@ impl CoreMetrics {
             connections_total: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             redis_batch_calls: [const { Histogram::new(&BATCH_CALL_BOUNDS) };
+                BATCHED_SCRIPTS.len()],
+            redis_call_latency: [const { Histogram::new(&LATENCY_BOUNDS_US) };
                 BATCHED_SCRIPTS.len()],
         }
     }
@@ -383,6 +395,28 @@ impl Registry {
                 overflow,
                 total,
                 1.0,
+            );
+        }
+
+        out.push_str(
+            "# HELP flashsale_redis_call_duration_seconds Time from sending one batched script run to its reply, by script.\n",
+        );
+        out.push_str("# TYPE flashsale_redis_call_duration_seconds histogram\n");
+        for (i, script) in BATCHED_SCRIPTS.iter().enumerate() {
+            let mut counts = [0u64; 16];
+            let (mut overflow, mut total_us) = (0, 0);
+            for c in &cores {
+                c.redis_call_latency[i].add_into(&mut counts, &mut overflow, &mut total_us);
+            }
+            write_histogram(
+                &mut out,
+                "flashsale_redis_call_duration_seconds",
+                &format!("script=\"{script}\","),
+                &LATENCY_BOUNDS_US,
+                &counts,
+                overflow,
+                total_us,
+                1e6,
             );
         }
 

@@ -236,7 +236,7 @@ impl Api {
             Route::SalesActive => self.sales_active(body).await,
             Route::SaleItems => self.sale_items(path, head.query, body).await,
             Route::Health => Ok(self.health(body).await),
-            Route::Metrics => Ok(self.metrics(body)),
+            Route::Metrics => Ok(self.metrics(body).await),
             Route::Other => unreachable!("matched above"),
         };
         (route, answer)

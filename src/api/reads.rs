@@ -9,7 +9,8 @@ use super::params::{Query, parse_positive};
 use super::{Answer, Api, NO_ACTIVE_SALE, Reject};
 use crate::http::ResponseHead;
 use crate::http::response::{PROMETHEUS_TEXT, write_json};
-use crate::metrics::registry;
+use crate::metrics::sale::CurrentSale;
+use crate::metrics::{self, registry};
 use crate::redis_client::keys;
 use crate::sale::{image_url, item_id, item_name};
 
@@ -157,8 +158,23 @@ impl Api {
         head
     }
 
-    pub(super) fn metrics(&self, body: &mut Vec<u8>) -> ResponseHead {
-        body.extend_from_slice(registry().render(self.deps.records.len()).as_bytes());
+    pub(super) async fn metrics(&self, body: &mut Vec<u8>) -> ResponseHead {
+        let current = match self.active_sale() {
+            Some(sale) => {
+                // Best effort: a scrape still answers while Redis is down or busy.
+                let items_sold = match self.begin_redis_work() {
+                    Ok(_slot) => self.meta_field(sale.id, "sold").await.ok().flatten(),
+                    Err(_) => None,
+                };
+                Some(CurrentSale { sale, items_sold })
+            }
+            None => None,
+        };
+        let mut text = registry().render(self.deps.records.len());
+        metrics::sale::render(&mut text, current.as_ref());
+        metrics::process::render_process(&mut text);
+        metrics::process::render_build_info(&mut text);
+        body.extend_from_slice(text.as_bytes());
         let mut head = ResponseHead::json(200);
         head.content_type = PROMETHEUS_TEXT;
         head

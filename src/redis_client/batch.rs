@@ -44,9 +44,12 @@ pub trait BatchCall: 'static {
     fn args(&self, cmd: &mut Cmd);
 }
 
-/// Batch sizes seen, for metrics: batches sent and calls they carried.
+/// Batches seen, for metrics: calls each carried, and how long Redis took
+/// to answer it.
 pub trait BatchObserver {
     fn batch_sent(&self, script: &'static str, calls: usize);
+    /// A batch's reply (or error) arrived `elapsed` after it was sent.
+    fn batch_answered(&self, script: &'static str, elapsed: Duration);
 }
 
 /// A core's batcher for one script.
@@ -167,6 +170,7 @@ async fn run_batch<C: BatchCall>(
 ) {
     let script = C::script(inner.redis.scripts());
     inner.observer.batch_sent(script.name, batch.len());
+    let sent = std::time::Instant::now();
     let keys = C::SHARED_KEYS + C::KEYS_PER_CALL * batch.len();
     let result = inner
         .redis
@@ -182,6 +186,7 @@ async fn run_batch<C: BatchCall>(
             }
         })
         .await;
+    inner.observer.batch_answered(script.name, sent.elapsed());
     match result {
         Ok(Value::Array(replies)) if replies.len() == batch.len() => {
             for ((_, tx), reply) in batch.into_iter().zip(replies) {
