@@ -718,11 +718,17 @@ scenario_k6() {
   log "round $ROUND: k6 $K6_SCRIPT at $K6_RATE/s for $K6_DURATION"
   # Rate and duration under the names k6/flash_crowd.js reads (PEAK_RPS, RAMP,
   # HOLD, TAIL) and generic ones (RATE, DURATION) for a script that reads those.
-  measure "$kvf" "$out" "$SERVER_PID" -- env SUMMARY_JSON="$out.summary.json" BASE_URL="$URL" PEAK_RPS="$K6_RATE" RATE="$K6_RATE" \
+  # k6's web dashboard writes its HTML report (self-contained, opens offline)
+  # at the end; no dashboard server (port -1); a 1 s period, so that a run of a
+  # few seconds has data points (with the default 10 s none is written).
+  measure "$kvf" "$out" "$SERVER_PID" -- env K6_WEB_DASHBOARD=true K6_WEB_DASHBOARD_PORT=-1 \
+    K6_WEB_DASHBOARD_PERIOD=1s K6_WEB_DASHBOARD_EXPORT="$OUT/k6-report-r$ROUND.html" \
+    SUMMARY_JSON="$out.summary.json" BASE_URL="$URL" PEAK_RPS="$K6_RATE" RATE="$K6_RATE" \
     RAMP=1s HOLD="$K6_DURATION" TAIL=1s DURATION="$K6_DURATION" USERS="$USERS" \
     "$K6_BIN" run --quiet --no-color --summary-export "$out.json" \
     --summary-trend-stats 'avg,min,med,max,p(90),p(99),p(99.9)' "$K6_SCRIPT"
   kv "$kvf" summary "raw/r$ROUND-k6.txt.json"
+  kv "$kvf" report "k6-report-r$ROUND.html"
   kv "$kvf" rate "$K6_RATE"
   stop_server k6
   drop_pg_db "$PG_DB"
