@@ -13,10 +13,18 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=FLASHSALE_COMMIT");
-    // Rebuilt when HEAD moves (a commit, a checkout).
-    for path in ["HEAD", "index"] {
-        if let Some(p) = git(&["rev-parse", "--git-path", path]) {
-            println!("cargo:rerun-if-changed={p}");
+    // Rerun when HEAD moves: a checkout changes HEAD, a commit the branch's
+    // ref (or packed-refs). Only files that exist: a missing one would make
+    // cargo rerun this on every build.
+    let mut watched = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(branch);
+    }
+    for name in watched {
+        if let Some(path) = git(&["rev-parse", "--git-path", &name])
+            && std::path::Path::new(&path).exists()
+        {
+            println!("cargo:rerun-if-changed={path}");
         }
     }
     let commit = std::env::var("FLASHSALE_COMMIT")
