@@ -124,6 +124,8 @@ pub fn serve(config: Config) -> Result<()> {
                 max_body_bytes: config.max_body_bytes,
                 idle_timeout: config.idle_timeout(),
                 read_timeout: config.read_timeout(),
+                max_output_bytes: config.max_output_bytes_per_conn as usize,
+                write_timeout: config.write_timeout(),
             },
             retention_ms: config.retention_ms(),
             max_conns: config.max_conns_per_core,

@@ -249,6 +249,26 @@ pub struct Config {
     )]
     pub read_timeout_ms: u64,
 
+    /// Bytes of answers a connection may have waiting to be sent before its next
+    /// requests are left unparsed until the client reads (one answer may exceed it).
+    #[arg(
+        long = "max-output-bytes-per-conn",
+        env = "FLASHSALE_MAX_OUTPUT_BYTES_PER_CONN",
+        default_value_t = 65_536,
+        value_parser = clap::value_parser!(u64).range(1..=1 << 30)
+    )]
+    pub max_output_bytes_per_conn: u64,
+
+    /// Milliseconds a client may go without reading any of its pending answers
+    /// before its connection is closed.
+    #[arg(
+        long = "write-timeout-ms",
+        env = "FLASHSALE_WRITE_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub write_timeout_ms: u64,
+
     /// Most open connections per core; past it new connections get 503 and are closed.
     #[arg(
         long = "max-conns-per-core",
@@ -300,6 +320,10 @@ impl Config {
 
     pub fn read_timeout(&self) -> Duration {
         Duration::from_millis(self.read_timeout_ms.max(1))
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
 
     pub fn writer_flush(&self) -> Duration {
@@ -388,5 +412,25 @@ mod tests {
         assert!(Cli::try_parse_from(args).is_err());
         let args = ["flashsale", "--sale-period-secs", "0"];
         assert!(Cli::try_parse_from(args).is_err());
+    }
+
+    #[test]
+    fn output_bound_and_write_timeout() {
+        let c = parse(&[]).config;
+        assert_eq!(c.max_output_bytes_per_conn, 65_536);
+        assert_eq!(c.write_timeout(), Duration::from_secs(10));
+        let c = parse(&[
+            "--max-output-bytes-per-conn",
+            "1",
+            "--write-timeout-ms",
+            "250",
+        ])
+        .config;
+        assert_eq!(c.max_output_bytes_per_conn, 1);
+        assert_eq!(c.write_timeout(), Duration::from_millis(250));
+        // Zero would mean never parsing a request, or closing every connection at once.
+        for flag in ["--max-output-bytes-per-conn", "--write-timeout-ms"] {
+            assert!(Cli::try_parse_from(["flashsale", flag, "0"]).is_err());
+        }
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! - [`error`], [`event`], [`net`], [`logging`], [`sale`]: the error type, a
 //!   per-core async flag, appending reads on owned buffers, log output, and
-//!   the sale domain (periods, item ids, codes), free of IO.
+//!   the sale domain (periods, item ids, codes), free of IO; [`allocator`]:
+//!   handing mimalloc's free memory back to the OS.
 //! - [`http`]: HTTP/1.1 over monoio; knows nothing of sales.
 //! - [`redis_client`]: the per-core pipelined Redis client and the Lua scripts.
 //! - [`config`], [`metrics`]: every knob (env and flags); per-core counters
@@ -24,6 +25,7 @@
 //!
 //! The binary (`src/main.rs`) parses the command line and calls [`app::run`].
 
+pub mod allocator;
 pub mod api;
 pub mod app;
 pub mod check;

@@ -1,8 +1,9 @@
 //! The core threads: one monoio runtime per core (io_uring, or epoll where
 //! io_uring is not allowed or `FLASHSALE_DRIVER` says so), pinned with
 //! core_affinity, each with its own
-//! SO_REUSEPORT listener, Redis connection and API. Also their shutdown:
-//! stop accepting, let open connections finish, close.
+//! SO_REUSEPORT listener, Redis connection and API, and each handing its
+//! free memory back to the OS. Also their shutdown: stop accepting, let open
+//! connections finish, close.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -203,6 +204,7 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
     }));
     let shutdown = Event::new();
     monoio::spawn(watch_shutdown(setup.shutdown.clone(), shutdown.clone()));
+    monoio::spawn(crate::allocator::give_back_free_memory(shutdown.clone()));
     monoio::spawn(keep_sold_map_fresh(
         api.clone(),
         SOLD_MAP_REFRESH,

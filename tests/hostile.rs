@@ -393,23 +393,6 @@ fn a_thousand_idle_connections_do_not_starve_real_clients() {
 // bounds per core
 // ---------------------------------------------------------------------------
 
-/// `flashsale_connections_open` from /metrics, read on a connection that
-/// closes (so it counts itself).
-fn open_connections(s: &TestServer) -> i64 {
-    let mut c = s.connect();
-    let r = c.request("GET", "/metrics", &[("Connection", "close")], b"");
-    r.assert_status(200);
-    let text = r.text();
-    let value = text
-        .lines()
-        .find(|l| l.starts_with("flashsale_connections_open"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no flashsale_connections_open in /metrics:\n{text}"));
-    let _ = c.closed_within(Duration::from_secs(5));
-    value as i64
-}
-
 #[test]
 fn connections_past_the_per_core_bound_get_503_and_close() {
     const MAX: usize = 20;
@@ -422,7 +405,7 @@ fn connections_past_the_per_core_bound_get_503_and_close() {
     );
     // Start from a quiet server: only the scraping connection itself is open.
     eventually(Duration::from_secs(10), "no connection open", || {
-        open_connections(&s) <= 1
+        s.open_connections() <= 1
     });
 
     let mut conns: Vec<Conn> = (0..OPENED).map(|_| s.connect()).collect();

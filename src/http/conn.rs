@@ -2,7 +2,18 @@
 //! answer them in order (pipelining), write all answers in one write, repeat.
 //! Idle and read timeouts close slow or silent clients; shutdown closes idle
 //! connections at once and busy ones after their current batch.
+//!
+//! What a connection holds is bounded: no further requests are parsed while
+//! its unsent answers exceed the output bound, and no more is read until they
+//! are written, and the kernel's send buffer is fixed at the same bound; a
+//! client that takes none of them for the write timeout is closed; buffers that grew for a big request or answer shrink back (the
+//! answer's scratch buffer at once, the others before the connection waits
+//! for its next request).
 
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+use monoio::buf::IoBuf;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
@@ -15,6 +26,9 @@ use crate::net::read_append;
 const READ_CHUNK: usize = 16 * 1024;
 /// Responses buffered before they are written even if more requests are parsed.
 const MAX_BATCH: usize = 64;
+/// Capacity a buffer keeps while its connection waits for the next request;
+/// past it (a big answer, a big request) it is shrunk back.
+const KEPT_CAPACITY: usize = 16 * 1024;
 
 pub async fn serve<H: Handler>(
     mut stream: TcpStream,
@@ -23,6 +37,7 @@ pub async fn serve<H: Handler>(
     shutdown: &Event,
 ) {
     let _ = stream.set_nodelay(true);
+    bound_send_buffer(&stream, limits.max_output_bytes);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut body: Vec<u8> = Vec::with_capacity(1024);
@@ -33,7 +48,7 @@ pub async fn serve<H: Handler>(
         let mut consumed = 0;
         let mut answered = 0;
         let mut close = false;
-        while answered < MAX_BATCH && consumed < buf.len() {
+        while answered < MAX_BATCH && out.len() < limits.max_output_bytes && consumed < buf.len() {
             let pending = &buf[consumed..];
             let parsed = parse_head(pending, limits);
             match parsed {
@@ -47,6 +62,9 @@ pub async fn serve<H: Handler>(
                     let response = handler.handle(&head, request_body, &mut body).await;
                     close = !head.keep_alive || shutdown.is_set();
                     write_response(&mut out, &response, &body, head.request_id, close);
+                    // A big answer is copied out; its scratch buffer is not kept
+                    // for a client that may be slow to read it.
+                    shrink_to_kept(&mut body);
                     consumed += total;
                     answered += 1;
                     if close {
@@ -74,23 +92,31 @@ pub async fn serve<H: Handler>(
             request_started.or_else(|| Some(std::time::Instant::now()))
         };
 
+        // Parsing stopped short of the buffer's end: the batch or the output
+        // bound is full, and the rest waits until this output is written.
+        let stopped_short = answered == MAX_BATCH || out.len() >= limits.max_output_bytes;
         if !out.is_empty() {
-            let (res, written) = stream.write_all(out).await;
-            out = written;
-            out.clear();
-            if res.is_err() {
-                return;
+            match write_all_or_stall(&mut stream, out, limits.write_timeout).await {
+                Some(mut written) => {
+                    written.clear();
+                    out = written;
+                }
+                None => return, // error, or no progress for the write timeout
             }
         }
         if close {
             let _ = stream.shutdown().await;
             return;
         }
-        if answered == MAX_BATCH {
+        if stopped_short {
             continue; // more pipelined requests may already be buffered
         }
         if shutdown.is_set() && buf.is_empty() {
             return;
+        }
+        shrink_to_kept(&mut out);
+        if buf.len() <= KEPT_CAPACITY / 2 {
+            shrink_to_kept(&mut buf);
         }
 
         // Read more: idle clients get the idle timeout, a half-sent request
@@ -115,6 +141,43 @@ pub async fn serve<H: Handler>(
             Some(Ok((Ok(n), b))) if n > 0 => buf = b,
             _ => return, // EOF, error, timeout or shutdown while idle
         }
+    }
+}
+
+/// Writes all of `out`; `None` (the connection is to be closed) on an error
+/// or when the client took nothing for `stall`. The timeout applies to each
+/// write, so a slow reader that keeps taking some bytes is not cut off.
+async fn write_all_or_stall(
+    stream: &mut TcpStream,
+    mut out: Vec<u8>,
+    stall: Duration,
+) -> Option<Vec<u8>> {
+    let mut sent = 0;
+    while sent < out.len() {
+        let write = stream.write(out.slice(sent..));
+        let (result, rest) = monoio::time::timeout(stall, write).await.ok()?;
+        out = rest.into_inner();
+        match result {
+            Ok(n) if n > 0 => sent += n,
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Fixes the kernel's send buffer of the connection at `bytes` (Linux
+/// doubles it for its bookkeeping) instead of letting it grow, up to 4 MiB
+/// with Linux's defaults, for a client that does not read.
+fn bound_send_buffer(stream: &TcpStream, bytes: usize) {
+    // SAFETY: the descriptor is open for as long as `stream` is borrowed here.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let _ = socket2::SockRef::from(&fd).set_send_buffer_size(bytes);
+}
+
+/// Gives back the memory of a buffer that grew past `KEPT_CAPACITY`.
+fn shrink_to_kept(buffer: &mut Vec<u8>) {
+    if buffer.capacity() > KEPT_CAPACITY {
+        buffer.shrink_to(KEPT_CAPACITY);
     }
 }
 

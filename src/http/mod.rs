@@ -38,7 +38,7 @@ impl Method {
     }
 }
 
-/// Limits on what a client may send and how slowly.
+/// Limits on what a client may send and how slowly, and on what it may leave unread.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_request_line_bytes: usize,
@@ -49,6 +49,11 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Longest time from a request's first byte to its last.
     pub read_timeout: Duration,
+    /// Answers waiting to be sent past which a connection's next requests are
+    /// not parsed until the client has read them (one answer may exceed it).
+    pub max_output_bytes: usize,
+    /// Longest a client may go without taking any of its pending answers; then it is closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -60,6 +65,8 @@ impl Default for Limits {
             max_body_bytes: 16 * 1024,
             idle_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(10),
+            max_output_bytes: 64 * 1024,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -416,6 +416,36 @@ impl TestServer {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The server's resident memory (`VmRSS` of /proc/<pid>/status), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"));
+        kib * 1024
+    }
+
+    /// `flashsale_connections_open` from /metrics, read on a connection that
+    /// closes (so it counts itself).
+    pub fn open_connections(&self) -> i64 {
+        let mut c = self.connect();
+        let r = c.request("GET", "/metrics", &[("Connection", "close")], b"");
+        r.assert_status(200);
+        let text = r.text();
+        let value = text
+            .lines()
+            .find(|l| l.starts_with("flashsale_connections_open"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no flashsale_connections_open in /metrics:\n{text}"));
+        let _ = c.closed_within(Duration::from_secs(5));
+        value as i64
+    }
+
     /// A new keep-alive connection to the server.
     pub fn connect(&self) -> Conn {
         Conn::connect(self.addr)
