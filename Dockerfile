@@ -4,13 +4,14 @@
 #   docker build -t flashsale .
 #   docker compose up --build          (with Redis and PostgreSQL; see compose.yaml)
 #
-# Note: Docker's default seccomp profile (Docker >= 25) blocks io_uring_setup,
-# io_uring_enter and io_uring_register. The server then falls back to epoll and logs a
-# warning. To use io_uring in a container, see the commented `security_opt` in
-# compose.yaml.
+# The runtimes' default seccomp profiles (Docker >= 25, podman) block io_uring_setup,
+# io_uring_enter and io_uring_register: the server then falls back to epoll and logs a
+# warning. compose.yaml runs it under deploy/seccomp-io-uring.json, which allows them.
+# scripts/container-check.sh builds and runs this file with podman.
 
 ############################ build ############################
-FROM rust:1-bookworm AS builder
+# The Rust that Cargo.toml's rust-version names (Cargo.lock's dependencies need it).
+FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 
 # The whole context (see .dockerignore); the binary embeds lua/ and migrations/.
