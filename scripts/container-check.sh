@@ -29,11 +29,13 @@
 # build reuses podman's layer cache and its cargo cache mounts). What it creates in
 # Redis and Postgres is gone when it exits; its containers too.
 #
-# Knobs (environment): REDIS_PORT (6379), PG_PORT (5432), CHECK_REDIS_DB (1020: a number
-# the tests, 1..1000, and bench/bench.sh, 1000..1006, do not use; flushed before and
-# after), CHECK_PG_DB (flashsale_container; dropped before and after), CHECK_PORT (a free
-# port), CHECK_WORK (/var/tmp/flashsale-container-check: debootstrap and the toolchain
-# copy), DEBIAN_MIRROR (the mirror apt uses), FLASHSALE_K6 (the k6 binary).
+# Knobs (environment): REDIS_PORT (6379), PG_PORT (5432), CHECK_REDIS_DB (default: the
+# highest empty database number from 1023 down to 1007, above what the tests, 1..1000,
+# and bench/bench.sh, 1000..1006, use; claimed with a key of its own and only ever
+# flushed while that key is there), CHECK_PG_DB (flashsale_container; dropped before and
+# after), CHECK_PORT (a free port), CHECK_WORK (/var/tmp/flashsale-container-check:
+# debootstrap and the toolchain copy), DEBIAN_MIRROR (the mirror apt uses),
+# FLASHSALE_K6 (the k6 binary).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -45,7 +47,7 @@ IO_URING_SYSCALLS='["io_uring_enter", "io_uring_register", "io_uring_setup"]'
 
 REDIS_PORT="${REDIS_PORT:-6379}"
 PG_PORT="${PG_PORT:-5432}"
-REDIS_DB="${CHECK_REDIS_DB:-1020}"
+REDIS_DB=""  # claimed in step_services
 PG_DB="${CHECK_PG_DB:-flashsale_container}"
 PG_ADMIN_URL="postgres://flashsale@127.0.0.1:$PG_PORT/postgres"
 WORK="${CHECK_WORK:-/var/tmp/flashsale-container-check}"
@@ -198,7 +200,7 @@ step_tools() {
   command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
   command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
   [[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || need+=(debian-archive-keyring)
-  [[ ${#need[@]} -eq 0 ]] || apt_install "${need[@]}"
+  [[ ${#need[@]} -eq 0 ]] || apt_install "${need[@]}" || { NOTE="apt-get install ${need[*]} failed"; return 1; }
   K6="${FLASHSALE_K6:-}"
   [[ -n $K6 ]] || K6="$(bash scripts/bench-tools.sh --k6 | tail -n1)"
   [[ -x $K6 ]] || { NOTE="no k6"; return 1; }
@@ -210,12 +212,42 @@ step_seccomp() {
   NOTE="$(seccomp_profile verify 2>&1)" || return 1
 }
 
+# The Redis database is shared with whoever else uses this Redis: the check takes an
+# empty one, claims it with CLAIM_KEY (SET NX, so two checks never share one) and
+# flushes it only while its claim is still there.
+CLAIM_KEY="flashsale:container-check:claim"
+CLAIM="$$-$RANDOM"
+rcli() { redis-cli -p "$REDIS_PORT" -n "$REDIS_DB" "$@"; }
+claimed() { [[ -n $REDIS_DB && $(rcli get "$CLAIM_KEY" 2>/dev/null) == "$CLAIM" ]]; }
+
+claim_redis_db() {
+  local db candidates
+  if [[ -n ${CHECK_REDIS_DB:-} ]]; then candidates=("$CHECK_REDIS_DB"); else mapfile -t candidates < <(seq 1023 -1 1007); fi
+  for db in "${candidates[@]}"; do
+    REDIS_DB=$db
+    if [[ $(rcli set "$CLAIM_KEY" "$CLAIM" NX) == OK ]]; then
+      [[ $(rcli dbsize) == 1 ]] && return 0
+      rcli del "$CLAIM_KEY" >/dev/null # someone else's data is there
+    fi
+  done
+  REDIS_DB=""
+  return 1
+}
+
+# Empties the claimed database but for the claim.
+flush_claimed() {
+  claimed || return 1
+  rcli flushdb >/dev/null && rcli set "$CLAIM_KEY" "$CLAIM" >/dev/null
+}
+
 step_services() {
   redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG \
     || { NOTE="no Redis on 127.0.0.1:$REDIS_PORT: scripts/services.sh start"; return 1; }
   psql -X -q -d "$PG_ADMIN_URL" -c 'SELECT 1' >/dev/null 2>&1 \
     || { NOTE="no PostgreSQL at $PG_ADMIN_URL: scripts/services.sh start"; return 1; }
-  NOTE="Redis :$REDIS_PORT db $REDIS_DB, PostgreSQL :$PG_PORT database $PG_DB"
+  claim_redis_db || { NOTE="no empty Redis database in ${CHECK_REDIS_DB:-1023..1007} (set CHECK_REDIS_DB)"; return 1; }
+  REDIS_URL="redis://127.0.0.1:$REDIS_PORT/$REDIS_DB"
+  NOTE="Redis :$REDIS_PORT db $REDIS_DB (empty, claimed), PostgreSQL :$PG_PORT database $PG_DB"
 }
 
 # ---------------------------------------------------------------------------
@@ -251,7 +283,8 @@ build_debian_standin() {
   debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$LOGS/debootstrap.log" 2>&1 \
     || { tail -n 20 "$LOGS/debootstrap.log" >&2; return 1; }
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-  tar -C "$rootfs" -c . | pm import --change 'CMD ["bash"]' - "$ref" >/dev/null
+  tar -C "$rootfs" -c . | pm import --change 'CMD ["bash"]' - "$ref" >>"$LOGS/debootstrap.log" 2>&1 \
+    || { tail -n 20 "$LOGS/debootstrap.log" >&2; return 1; }
   rm -rf "$rootfs"
 }
 
@@ -332,18 +365,19 @@ step_build() {
 # running the image
 # ---------------------------------------------------------------------------
 
-REDIS_URL="redis://127.0.0.1:$REDIS_PORT/$REDIS_DB"
+REDIS_URL=""  # set with the claimed database
 DATABASE_URL="postgres://flashsale@127.0.0.1:$PG_PORT/$PG_DB"
 
 fresh_state() {
-  redis-cli -p "$REDIS_PORT" -n "$REDIS_DB" flushdb >/dev/null
-  psql -X -q -d "$PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
-  psql -X -q -d "$PG_ADMIN_URL" -c "CREATE DATABASE $PG_DB OWNER flashsale" >/dev/null
+  flush_claimed || { NOTE="Redis db $REDIS_DB: our claim is gone (someone else flushed it?)"; return 1; }
+  psql -X -q -d "$PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 \
+    && psql -X -q -d "$PG_ADMIN_URL" -c "CREATE DATABASE $PG_DB OWNER flashsale" >/dev/null \
+    || { NOTE="cannot create the Postgres database $PG_DB"; return 1; }
 }
 
 cleanup() {
   pm rm -f -t 5 "$CONTAINER" >/dev/null 2>&1 || true
-  redis-cli -p "$REDIS_PORT" -n "$REDIS_DB" flushdb >/dev/null 2>&1 || true
+  if claimed; then rcli flushdb >/dev/null 2>&1 || true; fi
   psql -X -q -d "$PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
 }
 
@@ -368,7 +402,7 @@ run_server() {
   local tag=$1 i
   shift
   PORT="${CHECK_PORT:-$(free_port)}"
-  fresh_state
+  fresh_state || return 1
   pm rm -f "$CONTAINER" >/dev/null 2>&1 || true
   pm run -d --name "$CONTAINER" --network host "$@" \
     -e FLASHSALE_LISTEN="127.0.0.1:$PORT" -e REDIS_URL="$REDIS_URL" -e DATABASE_URL="$DATABASE_URL" \
@@ -385,7 +419,10 @@ run_server() {
   pm logs "$CONTAINER" >"$LOGS/server-$tag.log" 2>&1
   curl -fsS --max-time 2 "http://127.0.0.1:$PORT/sales/active" >/dev/null \
     || { NOTE="no active sale after 60 s"; return 1; }
-  NOTE="127.0.0.1:$PORT, user $(pm exec "$CONTAINER" id -un), seccomp $(pm inspect -f '{{.HostConfig.SecurityOpt}}' "$CONTAINER")"
+  local seccomp
+  seccomp="$(pm inspect -f '{{range .HostConfig.SecurityOpt}}{{.}} {{end}}' "$CONTAINER")"
+  [[ -n ${seccomp// /} ]] || seccomp="the runtime's default, $(pm info -f '{{.Host.Security.SECCOMPProfilePath}}')"
+  NOTE="127.0.0.1:$PORT, user $(pm exec "$CONTAINER" id -un), seccomp: ${seccomp% }"
 }
 
 # check_driver TAG LABEL WANT: the server's `core IO driver` line names WANT.
@@ -419,6 +456,7 @@ PY
 )" || { NOTE="unreadable k6 summary"; return 1; }
   SALE_ID="${facts%% *}"
   NOTE="k6 exit $rc: ${facts#* }"
+  claimed || { NOTE+="; Redis db $REDIS_DB was flushed by someone else during the run"; return 1; }
   [[ $rc -eq 0 ]] || { tail -n 30 "$LOGS/k6-$tag.log" >&2; return 1; }
 }
 
@@ -465,6 +503,7 @@ one_profile() {
 
 main() {
   trap cleanup EXIT
+  trap 'exit 130' INT TERM
   step "tools" step_tools || { summary; return 1; }
   step "seccomp profile" step_seccomp || true
   step "services" step_services || { summary; return 1; }
