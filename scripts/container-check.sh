@@ -123,7 +123,7 @@ fi
 # steps and the summary
 # ---------------------------------------------------------------------------
 
-STEPS=()     # "name|PASS|FAIL|SKIP|seconds|note"
+STEPS=()     # "name|PASS, FAIL or SKIP|seconds|note"
 DRIVER_LINES=()
 START_ALL=$SECONDS
 
@@ -292,7 +292,7 @@ build_debian_standin() {
 # host's local CA certificates (cargo reaches crates.io through whatever TLS setup this
 # host has) and this machine's rustup toolchain where the official image has its own.
 build_rust_standin() {
-  local ref=$1 debian=$2 want have tc ctx="$WORK/rust-standin"
+  local ref=$1 debian=$2 want have host tc ctx="$WORK/rust-standin"
   want="${ref##*:}"
   want="${want%%-*}"
   have="$(rustc --version | awk '{print $2}')"
@@ -300,6 +300,7 @@ build_rust_standin() {
     NOTE="the Dockerfile wants Rust $want, this machine has rustc $have"
     return 1
   fi
+  host="$(rustc -vV | awk '/^host:/ { print $2 }')"
   tc="$(rustc --print sysroot)"
   log "toolchain $tc (rustc $have) into $ref"
   rm -rf "$ctx"
@@ -319,9 +320,9 @@ ENV RUSTUP_HOME=/usr/local/rustup \\
     CARGO_HOME=/usr/local/cargo \\
     PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
     RUST_VERSION=$have
-COPY toolchain /usr/local/rustup/toolchains/$have-x86_64-unknown-linux-gnu
+COPY toolchain /usr/local/rustup/toolchains/$have-$host
 RUN mkdir -p /usr/local/cargo/bin \\
- && ln -s /usr/local/rustup/toolchains/$have-x86_64-unknown-linux-gnu/bin/* /usr/local/cargo/bin/ \\
+ && ln -s /usr/local/rustup/toolchains/$have-$host/bin/* /usr/local/cargo/bin/ \\
  && rustc --version && cargo --version
 EOF
   pm build --network host --pull=never -t "$ref" "$ctx" >"$LOGS/rust-standin.log" 2>&1 \
