@@ -17,12 +17,17 @@ WORKDIR /src
 # The whole context (see .dockerignore); the binary embeds lua/ and migrations/.
 COPY . .
 
+# The commit for the flashsale_build_info metric. .git is not in the context, so the
+# build script cannot ask git; pass it:
+#   docker build --build-arg FLASHSALE_COMMIT="$(git rev-parse --short=12 HEAD)" -t flashsale .
+ARG FLASHSALE_COMMIT=unknown
+
 # Cargo registry and target dir live in BuildKit cache mounts so rebuilds are
 # incremental; the binary is copied out of the cache in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
+    FLASHSALE_COMMIT="$FLASHSALE_COMMIT" cargo build --release --locked \
  && install -D -m 0755 target/release/flashsale /out/flashsale
 
 ############################ runtime ############################

@@ -17,10 +17,10 @@
 #   then twice, once under the runtime's default seccomp profile and once under
 #   deploy/seccomp-io-uring.json:
 #   run        the image on --network host against the local Redis (a database number of
-#              its own) and PostgreSQL (a database of its own), on a free port; its log
-#              line `core IO driver` says which driver the cores got
-#   driver     epoll under the default profile (io_uring is blocked there), io_uring
-#              under the shipped one
+#              its own) and PostgreSQL (a database of its own), on a free port; its
+#              /metrics names the commit built (flashsale_build_info)
+#   driver     its log line `core IO driver` says epoll under the default profile
+#              (io_uring is blocked there), io_uring under the shipped one
 #   k6         k6/smoke.js against it (every check, at most 1% failed requests)
 #   check      `flashsale check --sale N` from the image: Redis and Postgres agree
 #   stop       SIGTERM: exit code 0 and "flashsale stopped cleanly"
@@ -355,10 +355,12 @@ step_bases() {
   [[ ${#made[@]} -eq 0 ]] && NOTE+=" (kept from an earlier run)" || NOTE+=" (built: ${made[*]})"
 }
 
+COMMIT=""
 step_build() {
+  COMMIT="$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
   log "podman build of the Dockerfile (fat LTO: minutes on 2 cores); log: $LOGS/build.log"
-  pm build --network host --pull=never -t "$IMAGE" . >"$LOGS/build.log" 2>&1 \
-    || { tail -n 30 "$LOGS/build.log" >&2; return 1; }
+  pm build --network host --pull=never --build-arg FLASHSALE_COMMIT="$COMMIT" -t "$IMAGE" . \
+    >"$LOGS/build.log" 2>&1 || { tail -n 30 "$LOGS/build.log" >&2; return 1; }
   NOTE="$IMAGE $(pm image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1 / 1e6}')"
 }
 
@@ -424,6 +426,11 @@ run_server() {
   seccomp="$(pm inspect -f '{{range .HostConfig.SecurityOpt}}{{.}} {{end}}' "$CONTAINER")"
   [[ -n ${seccomp// /} ]] || seccomp="the runtime's default, $(pm info -f '{{.Host.Security.SECCOMPProfilePath}}')"
   NOTE="127.0.0.1:$PORT, user $(pm exec "$CONTAINER" id -un), seccomp: ${seccomp% }"
+  # the build the image says it is
+  local info
+  info="$(curl -fsS --max-time 5 "http://127.0.0.1:$PORT/metrics" | grep '^flashsale_build_info' || true)"
+  [[ $info == *"commit=\"$COMMIT\""* ]] || { NOTE+="; /metrics: ${info:-no flashsale_build_info}, expected commit $COMMIT"; return 1; }
+  NOTE+=", ${info% 1}"
 }
 
 # check_driver TAG LABEL WANT: the server's `core IO driver` line names WANT.
