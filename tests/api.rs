@@ -152,8 +152,30 @@ fn the_next_sale_is_listed_before_it_opens_but_cannot_be_checked_out() {
     let next = next.expect("found above");
     assert_ne!(next, active.id);
 
-    let r = s.get(&format!("/sales/{next}/items?limit=1000"));
+    // The row is in Postgres a moment before the sale is in Redis (the
+    // rotator writes Postgres first): wait until the sale is listed, then
+    // check that it is listed in full while it has not opened yet.
+    let mut listed = None;
+    eventually(
+        Duration::from_secs(20),
+        "the next sale to be listed",
+        || {
+            let r = s.get(&format!("/sales/{next}/items?limit=1000"));
+            if r.status == 404 {
+                r.assert_error(404, "sale_not_found");
+                return false;
+            }
+            listed = Some(r);
+            true
+        },
+    );
+    let r = listed.expect("listed above");
     r.assert_status(200);
+    assert_eq!(
+        s.active_sale().id,
+        active.id,
+        "the next sale opened before it was listed"
+    );
     assert_eq!(r.i64("sale_id"), next, "{r}");
     assert_eq!(r.i64("total"), 30, "{r}");
     let v = r.json();
