@@ -100,7 +100,7 @@ pub fn serve(config: Config) -> Result<()> {
         rotator_stop.clone(),
     )
     .map_err(|e| error::Error::with_cause(error::ErrorKind::Internal, "rotator thread", e))?;
-    wait_for_first_sale(&schedule, &stop);
+    wait_for_first_sales(&schedule, &clock, &stop);
 
     let shutdown = ShutdownPlan::new(config.shutdown_timeout());
     let cores_stop = Arc::new(AtomicBool::new(false));
@@ -208,13 +208,25 @@ fn migrate_if_postgres_is_up(pool: &store::PgPool, stop: &AtomicBool) -> bool {
     }
 }
 
-/// Waits (at most a few seconds) until the rotator has published a sale, so
-/// that a fresh server does not answer its first requests with 503.
-fn wait_for_first_sale(schedule: &SharedSchedule, stop: &AtomicBool) {
+/// Waits (at most a few seconds) until the rotator has published the sale
+/// open now by the clock and the one after it, so that a fresh server
+/// neither answers its first requests with 503 nor starts serving with a
+/// sale that ends before its successor is ready (a start just before a
+/// period boundary, with the first sale prepared after it).
+fn wait_for_first_sales(schedule: &SharedSchedule, clock: &RedisClock, stop: &AtomicBool) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while schedule.snapshot().sales.is_empty() && !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) {
+        let sales = schedule.snapshot();
+        let active = sales.active_at(clock.now_ms());
+        if active.is_some_and(|sale| sales.sales.iter().any(|s| s.starts_at == sale.ends_at)) {
+            return;
+        }
         if Instant::now() > deadline {
-            tracing::warn!("no sale prepared yet; serving 503 no_active_sale until there is one");
+            if active.is_none() {
+                tracing::warn!(
+                    "no sale prepared yet; serving 503 no_active_sale until there is one"
+                );
+            }
             return;
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -107,6 +107,37 @@ fn sales_rotate_every_period_without_gaps() {
     );
 }
 
+/// A server started just before a period boundary prepares the sale of the
+/// period it starts in and the next one, and the boundary may pass while it
+/// does: from its first answer on, there is an active sale (no gap at
+/// start-up). Started a few times, at different distances from a boundary.
+#[test]
+fn a_server_started_just_before_a_boundary_has_a_sale_from_its_first_answer() {
+    const PERIOD_MS: i64 = 2000;
+    let opts = Opts::default().period(2).items(5000);
+    for before_boundary_ms in [500, 350, 200, 50] {
+        let (redis_db, db_name) = TestServer::prepare_data(&opts, |_| {});
+        let wait =
+            (PERIOD_MS - before_boundary_ms - now_ms().rem_euclid(PERIOD_MS)).rem_euclid(PERIOD_MS);
+        std::thread::sleep(Duration::from_millis(wait as u64));
+        let s = TestServer::start_on(opts.clone(), redis_db, &db_name, true);
+        // Reads across the boundary and well past the start-up.
+        let end = Instant::now() + Duration::from_millis(1500);
+        let mut reads = 0;
+        while Instant::now() < end {
+            let r = s.get("/sales/active");
+            reads += 1;
+            assert_eq!(
+                r.status,
+                200,
+                "started {before_boundary_ms} ms before a boundary, read {reads}: {r}; log:\n{}",
+                s.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 #[test]
 fn codes_and_items_of_an_ended_sale() {
     let s = TestServer::start(Opts::default().period(3).items(20));
