@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1429,6 +1429,13 @@ fn graceful_stop_under_load(sig: i32) {
         },
     );
     load.wait_purchases(200, Duration::from_secs(20), "purchases before the signal");
+    // The server's own listening sockets, to tell them after its exit from
+    // those of another process that got the port since.
+    let ours: HashSet<u64> = listening_socket_inodes(addr.port())
+        .intersection(&socket_inodes_of(rig.server().pid()))
+        .copied()
+        .collect();
+    assert!(!ours.is_empty(), "the server does not listen on {addr}");
     let at_signal = load.purchases_ok();
     let t = Instant::now();
     let status = rig
@@ -1441,10 +1448,24 @@ fn graceful_stop_under_load(sig: i32) {
         "exit status after signal {sig}: {status}; log:\n{}",
         rig.server().log_tail(20)
     );
+    let listening = listening_socket_inodes(addr.port());
     assert!(
-        Conn::try_connect(addr).is_err(),
-        "the port still accepts after the exit"
+        listening.is_disjoint(&ours),
+        "the server's listening sockets {ours:?} are still open after its exit"
     );
+    if Conn::try_connect(addr).is_ok() {
+        // Not the server's socket (checked above): the port is free again,
+        // and another process may bind it. Anything else is a failure.
+        let others = listening_socket_inodes(addr.port());
+        assert!(
+            !others.is_empty() && others.is_disjoint(&ours),
+            "the port still accepts after the exit (listening sockets: {others:?})"
+        );
+        eprintln!(
+            "{addr} accepts after the exit, on sockets {others:?} of pids {:?}, not the server's",
+            owners_of_sockets(&others)
+        );
+    }
     let seen = load.finish();
     rig.server = None;
     eprintln!(

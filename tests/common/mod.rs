@@ -17,7 +17,7 @@ pub mod proxy;
 /// Private Redis and Postgres instances for the fault-injection tests.
 pub mod services;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -143,19 +143,104 @@ fn drop_database(name: &str) {
     }
 }
 
-/// A port nobody in this process was given before (servers bind with
-/// SO_REUSEPORT, so two of them on one port would silently share it).
+/// A port no test process on this machine holds: nobody in this process was
+/// given it before, and no other test process has it reserved (servers bind
+/// with SO_REUSEPORT, so two of them on one port would silently share it,
+/// and test binaries of several checkouts often run at the same time). The
+/// reservation is an exclusive lock on `<tmp>/flashsale-test-ports/<port>`,
+/// held until this process exits.
 fn free_port() -> u16 {
-    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let given = GIVEN.get_or_init(|| Mutex::new(HashSet::new()));
+    static GIVEN: OnceLock<Mutex<HashMap<u16, Option<File>>>> = OnceLock::new();
+    let given = GIVEN.get_or_init(|| Mutex::new(HashMap::new()));
+    let lock_dir = std::env::temp_dir().join("flashsale-test-ports");
+    fs::create_dir_all(&lock_dir).unwrap_or_else(|e| panic!("create {}: {e}", lock_dir.display()));
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local_addr").port();
         drop(listener);
-        if given.lock().unwrap().insert(port) {
-            return port;
+        let mut given = given.lock().unwrap();
+        if given.contains_key(&port) {
+            continue;
+        }
+        let path = lock_dir.join(port.to_string());
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        match lock.try_lock() {
+            Ok(()) => {
+                given.insert(port, Some(lock));
+                return port;
+            }
+            // Another test process has it: never ask for it here again.
+            Err(fs::TryLockError::WouldBlock) => {
+                given.insert(port, None);
+            }
+            Err(fs::TryLockError::Error(e)) => panic!("lock {}: {e}", path.display()),
         }
     }
+}
+
+/// The inodes of the TCP sockets listening on `port` (any address), from
+/// `/proc/net/tcp` and `/proc/net/tcp6`.
+pub fn listening_socket_inodes(port: u16) -> HashSet<u64> {
+    const LISTEN: &str = "0A";
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 10 || fields[3] != LISTEN {
+                continue;
+            }
+            let local_port = fields[1]
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port)
+                && let Ok(inode) = fields[9].parse()
+            {
+                inodes.insert(inode);
+            }
+        }
+    }
+    inodes
+}
+
+/// The inodes of the sockets process `pid` has open.
+pub fn socket_inodes_of(pid: u32) -> HashSet<u64> {
+    let dir = format!("/proc/{pid}/fd");
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return HashSet::new();
+    };
+    entries
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The processes that have one of `inodes` open (for messages).
+pub fn owners_of_sockets(inodes: &HashSet<u64>) -> Vec<u32> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| !socket_inodes_of(pid).is_disjoint(inodes))
+        .collect();
+    pids.sort_unstable();
+    pids
 }
 
 pub fn now_secs() -> i64 {
