@@ -246,6 +246,7 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
             metrics.connection_closed();
         });
     }
+    stop_listening(&listener);
     drop(listener);
 
     // Let connections finish what they are doing (they close when idle).
@@ -260,6 +261,23 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
         );
     }
     redis.stop();
+}
+
+/// Takes the listening socket out of the listen state now. Dropping the
+/// listener alone is not enough with io_uring: the cancelled accept still
+/// holds the socket, which then keeps accepting connections nobody serves
+/// until the kernel releases it, possibly after the process has exited.
+fn stop_listening(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor the listener owns and that is
+    // open for the duration of the call.
+    let rc = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "could not shut the listening socket down; closing it"
+        );
+    }
 }
 
 async fn watch_shutdown(flag: Arc<AtomicBool>, shutdown: Event) {

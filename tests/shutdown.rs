@@ -71,3 +71,55 @@ fn a_stop_with_everything_stuck_takes_the_shutdown_timeout_not_more() {
     });
     rig.assert_consistent(sale.id);
 }
+
+/// On SIGTERM the server stops listening at once, not only when it exits:
+/// while a stuck client keeps it draining, its listening sockets are already
+/// gone (a connection now is refused rather than queued for nobody), and
+/// they stay gone after the exit.
+#[test]
+fn a_draining_server_no_longer_listens() {
+    let mut rig = Rig::start(
+        ServerConfig::new(20, 10)
+            .env("FLASHSALE_SHUTDOWN_TIMEOUT_SECS", &T.to_string())
+            .env("FLASHSALE_READ_TIMEOUT_MS", "60000"),
+    );
+    let addr = rig.addr();
+    let ours: std::collections::HashSet<u64> = listening_socket_inodes(addr.port())
+        .intersection(&socket_inodes_of(rig.server().pid()))
+        .copied()
+        .collect();
+    assert!(!ours.is_empty(), "the server does not listen on {addr}");
+    let mut stuck = rig.server().connect();
+    stuck
+        .send(b"POST /checkout?user_id=99&id=1 HTTP/1.1\r\nHost: x\r\n")
+        .expect("send half a request");
+    std::thread::sleep(Duration::from_millis(300));
+
+    signal(rig.server().pid(), SIGTERM);
+    let mut still_listening = ours.clone();
+    let gone = wait_until(Duration::from_secs(T) / 2, || {
+        still_listening = listening_socket_inodes(addr.port())
+            .intersection(&ours)
+            .copied()
+            .collect();
+        still_listening.is_empty()
+    });
+    assert!(
+        rig.server_mut().is_running(),
+        "the server exited before the test could look at it draining"
+    );
+    assert!(
+        gone,
+        "the draining server still listens on {addr} (sockets {still_listening:?})"
+    );
+    let status = rig
+        .server_mut()
+        .stop_with(SIGTERM, Duration::from_secs(30))
+        .expect("the server exited within 30 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        listening_socket_inodes(addr.port()).is_disjoint(&ours),
+        "the server's listening sockets are still open after its exit"
+    );
+    drop(stuck);
+}
