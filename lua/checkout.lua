@@ -1,3 +1,4 @@
+#!lua
 -- checkout.lua: add items to users' open checkouts, atomically, for a batch
 -- of checkout calls of one sale (a core sends the calls that queued while its
 -- earlier batches were on their way; a batch of one is the idle case). Each

@@ -1,3 +1,4 @@
+#!lua
 -- close_sale.lua: the first step of a sale's close-out. Once Redis's clock
 -- (TIME) has passed the sale's end, mark it closed in its meta; from then on
 -- purchase.lua and checkout.lua refuse it, so its outbox can only shrink, and

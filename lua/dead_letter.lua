@@ -1,3 +1,4 @@
+#!lua
 -- dead_letter.lua: moves one purchase outbox entry that can never be recorded
 -- in Postgres to the sale's dead-letter stream, atomically: the entry's
 -- fields plus why and its outbox id are appended there, then it is deleted

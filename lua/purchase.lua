@@ -1,3 +1,4 @@
+#!lua
 -- purchase.lua: for a batch of purchase calls of one sale, buy every unsold
 -- item of each call's checkout within its user's remaining limit, atomically;
 -- record each sale in the outbox stream; store the outcome on the code so
@@ -8,7 +9,10 @@
 -- nothing is appended to its outbox once it is closed.
 --
 -- KEYS[1] meta  KEYS[2] sold  KEYS[3] outbox
---   then per call one code key ARGV[4] .. code (the code is read from it)
+--   then per call i = 1..N: KEYS[2+2i] the code key ARGV[3] .. code (the code
+--   is read from it), KEYS[3+2i] the key ARGV[1] .. user of the user the code
+--   names (<sale>-<user>-<random>); a code whose stored user is another one
+--   is unknown, so a forged user part buys nothing
 -- ARGV[1] user key prefix ({sale:S}:user:)
 -- ARGV[2] first item id of the sale minus one (S * stride)
 -- ARGV[3] code key prefix ({sale:S}:code:)
@@ -40,9 +44,11 @@ local base = tonumber(ARGV[2])
 local code_offset = #ARGV[3] + 1
 local UNKNOWN = {'unknown'}
 
-local function purchase(code_key)
+local user_offset = #ARGV[1] + 1
+
+local function purchase(code_key, user_key)
   local c = redis.call('HMGET', code_key, 'user', 'status', 'purchased', 'unavailable')
-  if not c[1] then
+  if not c[1] or c[1] ~= string.sub(user_key, user_offset) then
     return UNKNOWN
   end
   if c[2] then
@@ -53,7 +59,6 @@ local function purchase(code_key)
   end
 
   local code = string.sub(code_key, code_offset)
-  local user_key = ARGV[1] .. c[1]
   local u = redis.call('HMGET', user_key, 'bought', 'code', 'items')
   local remaining = limit - (tonumber(u[1]) or 0)
   local items = ''
@@ -90,7 +95,7 @@ local function purchase(code_key)
 end
 
 local replies = {}
-for i = 4, #KEYS do
-  replies[i - 3] = purchase(KEYS[i])
+for i = 1, (#KEYS - 3) / 2 do
+  replies[i] = purchase(KEYS[2 + 2 * i], KEYS[3 + 2 * i])
 end
 return replies

@@ -42,8 +42,8 @@ pub struct RotatorConfig {
 struct Restore {
     /// csv of sold item numbers
     sold_items: String,
-    /// csv of `user:count`
-    user_counts: String,
+    /// Each buyer and how many items they bought, by user id.
+    user_counts: Vec<(i64, u32)>,
 }
 
 impl Restore {
@@ -58,11 +58,7 @@ impl Restore {
         }
         Restore {
             sold_items: numbers.join(","),
-            user_counts: per_user
-                .iter()
-                .map(|(user, count)| format!("{user}:{count}"))
-                .collect::<Vec<_>>()
-                .join(","),
+            user_counts: per_user.into_iter().collect(),
         }
     }
 }
@@ -289,20 +285,23 @@ impl Rotator {
                 "no redis connection",
             ));
         };
-        let created: i64 = self
-            .init_sale
-            .key(keys::meta(sale.id))
-            .key(keys::sold(sale.id))
+        let mut invocation = self.init_sale.key(keys::meta(sale.id));
+        invocation.key(keys::sold(sale.id));
+        for &(user, _) in &restore.user_counts {
+            invocation.key(keys::user(sale.id, user));
+        }
+        invocation
             .arg(sale.id)
             .arg(sale.starts_at)
             .arg(sale.ends_at)
             .arg(sale.items)
             .arg(sale.user_limit)
-            .arg(keys::user_prefix(sale.id))
             .arg(sale.ends_at * 1000 + retention_ms)
-            .arg(&restore.sold_items)
-            .arg(&restore.user_counts)
-            .invoke(con)?;
+            .arg(&restore.sold_items);
+        for &(_, count) in &restore.user_counts {
+            invocation.arg(count);
+        }
+        let created: i64 = invocation.invoke(con)?;
         if created == -1 {
             tracing::debug!(
                 sale_id = sale.id,
@@ -372,11 +371,9 @@ mod tests {
         ];
         let restore = Restore::from_purchases(&sale, &purchases);
         assert_eq!(restore.sold_items, "1,4,10");
-        assert_eq!(restore.user_counts, "7:2,9:1");
+        assert_eq!(restore.user_counts, [(7, 2), (9, 1)]);
         let none = Restore::from_purchases(&sale, &[]);
-        assert_eq!(
-            (none.sold_items.as_str(), none.user_counts.as_str()),
-            ("", "")
-        );
+        assert_eq!(none.sold_items, "");
+        assert!(none.user_counts.is_empty());
     }
 }

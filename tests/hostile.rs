@@ -800,29 +800,36 @@ fn hostile_corpus(sale_id: i64, real_code: &str) -> Vec<Vec<u8>> {
         String::new(),
         "garbage".to_string(),
         real_code.to_uppercase(),
-        format!("{sale_id}-{}", &hex[..31]),
-        format!("{sale_id}-{hex}0"),
-        format!("{sale_id}-{}g", &hex[..31]),
-        format!("-{sale_id}-{hex}"),
-        format!("+{sale_id}-{hex}"),
-        format!("0-{hex}"),
-        format!("{sale_id}--{hex}"),
-        format!("{sale_id}_{hex}"),
-        format!("{sale_id}-{hex}%00"),
-        format!("{sale_id}-{hex}%0d%0aFLUSHALL"),
-        format!("{sale_id}-*"),
-        format!("{sale_id}-{hex}&code={real_code}"),
+        format!("{sale_id}-1-{}", &hex[..31]),
+        format!("{sale_id}-1-{hex}0"),
+        format!("{sale_id}-1-{}g", &hex[..31]),
+        format!("{sale_id}-{hex}"),
+        format!("-{sale_id}-1-{hex}"),
+        format!("+{sale_id}-1-{hex}"),
+        format!("0-1-{hex}"),
+        format!("{sale_id}-0-{hex}"),
+        format!("{sale_id}--1-{hex}"),
+        format!("{sale_id}-1--{hex}"),
+        format!("{sale_id}_1_{hex}"),
+        format!("{sale_id}-1-{hex}%00"),
+        format!("{sale_id}-1-{hex}%0d%0aFLUSHALL"),
+        format!("{sale_id}-*-{hex}"),
+        format!("{sale_id}-1-*"),
+        format!("{sale_id}-1-{hex}&code={real_code}"),
         format!("{real_code}&code={real_code}"),
-        format!("99999999999999999999-{hex}"),
-        format!("{sale_id}'%20OR%20'1'='1-{hex}"),
-        format!("%7Bsale:{sale_id}%7D-{hex}"),
+        format!("99999999999999999999-1-{hex}"),
+        format!("{sale_id}-99999999999999999999-{hex}"),
+        format!("{sale_id}'%20OR%20'1'='1-1-{hex}"),
+        format!("{sale_id}-1'%20OR%20'1'='1-{hex}"),
+        format!("%7Bsale:{sale_id}%7D-1-{hex}"),
         // Well-formed, but nobody's.
         altered,
         random_code(sale_id),
         random_code(sale_id + 1),
         random_code(sale_id + 2),
         random_code(999_999),
-        format!("{}-{hex}", sale_id + 1),
+        format!("{}-1-{hex}", sale_id + 1),
+        format!("{sale_id}-9223372036854775807-{hex}"),
         "00000000000000000000000000000000-00000000000000000000000000000000".to_string(),
     ] {
         corpus.push(post(&format!("/purchase?code={code}")));
@@ -960,7 +967,7 @@ fn purchase_with_a_huge_sale_id_in_the_code_is_refused_not_crashed() {
     // not fit in an i64. The answer must be a 4xx, and the core must live on.
     let s = TestServer::start(Opts::default().items(20).env("FLASHSALE_CORES", "1"));
     for sale in ["9999999999999", "9223372036854", "999999999999999999"] {
-        let code = format!("{sale}-0123456789abcdef0123456789abcdef");
+        let code = format!("{sale}-1-0123456789abcdef0123456789abcdef");
         let mut c = s.connect();
         c.set_read_timeout(Duration::from_secs(5));
         let r = c
@@ -1012,7 +1019,11 @@ fn guessed_or_altered_codes_buy_nothing() {
     for pos in 0..32 {
         let mut b = hex.clone().into_bytes();
         b[pos] = if b[pos] == b'f' { b'0' } else { b'f' };
-        attempts.push(format!("{}-{}", sale.id, String::from_utf8(b).unwrap()));
+        attempts.push(format!(
+            "{}-{victim}-{}",
+            sale.id,
+            String::from_utf8(b).unwrap()
+        ));
     }
     // The sale prefix changed: the next sale (prepared ahead), the one
     // before it if any, sales that do not exist.
@@ -1026,7 +1037,12 @@ fn guessed_or_altered_codes_buy_nothing() {
         if other < 1 {
             continue;
         }
-        attempts.push(format!("{other}-{hex}"));
+        attempts.push(format!("{other}-{victim}-{hex}"));
+    }
+    // The victim's random part under another user: the user part names the
+    // key the purchase touches, and it is checked against the code's owner.
+    for other in [1, victim - 1, victim + 1, victim * 10, i64::MAX] {
+        attempts.push(format!("{}-{other}-{hex}", sale.id));
     }
     // Plain guesses.
     for _ in 0..50 {
@@ -1073,8 +1089,14 @@ fn codes_are_distinct_and_carry_128_random_bits() {
         let r = c.checkout(user, sale.item(1 + (user % 50) as u32));
         r.assert_status(200);
         let code = r.str("code");
-        let (prefix, random) = code.split_once('-').expect("a dash");
+        let mut parts = code.splitn(3, '-');
+        let (prefix, owner, random) = (
+            parts.next().unwrap(),
+            parts.next().expect("a dash"),
+            parts.next().expect("two dashes"),
+        );
         assert_eq!(prefix, sale.id.to_string(), "{code}");
+        assert_eq!(owner, user.to_string(), "{code}");
         assert_eq!(random.len(), 32, "{code}");
         assert!(
             random

@@ -118,7 +118,7 @@ impl Api {
                     expire_at_ms: sale.ends_at * 1000 + self.deps.retention_ms,
                     user_id,
                     item_number: n,
-                    fresh_code: new_code(sale.id),
+                    fresh_code: new_code(sale.id, user_id),
                 })
                 .await
                 .map_err(|e| self.redis_failed(e))?

@@ -12,7 +12,7 @@ use crate::redis_client::batch::BatchCall;
 use crate::redis_client::scripts::{Script, Scripts};
 use crate::redis_client::{keys, texts};
 use crate::sale::ITEM_ID_STRIDE;
-use crate::sale::code::parse_code;
+use crate::sale::code::{CodeIds, parse_code};
 
 /// One purchase for purchase.lua; the layout of KEYS and ARGV is at the top
 /// of the script.
@@ -21,10 +21,13 @@ pub(super) struct PurchaseCall {
     /// `sale_id * ITEM_ID_STRIDE`: item number n is item id `first_item + n`.
     first_item: i64,
     code_key: String,
+    /// The key of the user the code names; the script answers `unknown`
+    /// when the code belongs to someone else.
+    user_key: String,
 }
 
 impl BatchCall for PurchaseCall {
-    const KEYS_PER_CALL: usize = 1;
+    const KEYS_PER_CALL: usize = 2;
     const SHARED_KEYS: usize = 3;
 
     fn script(scripts: &Scripts) -> &Script {
@@ -48,7 +51,7 @@ impl BatchCall for PurchaseCall {
     }
 
     fn keys(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(&self.code_key);
+        cmd.arg(&self.code_key).arg(&self.user_key);
     }
 
     fn args(&self, _cmd: &mut redis::Cmd) {}
@@ -61,7 +64,7 @@ impl Api {
     pub(super) async fn purchase(&self, query: &str, body: &mut Vec<u8>) -> Answer {
         let query = Query::parse(query);
         let code = query.text("code", "code is required")?;
-        let sale_id = parse_code(code).ok_or(Reject::new(
+        let CodeIds { sale_id, user_id } = parse_code(code).ok_or(Reject::new(
             400,
             "invalid_params",
             "code is not a checkout code",
@@ -75,6 +78,7 @@ impl Api {
                     sale_id,
                     first_item,
                     code_key: keys::code(sale_id, code),
+                    user_key: keys::user(sale_id, user_id),
                 })
                 .await
                 .map_err(|e| self.redis_failed(e))?

@@ -1,28 +1,32 @@
-//! Checkout codes: `<sale id>-<32 hex digits>`, 128 bits from a CSPRNG
-//! (rand's thread RNG: ChaCha, seeded and reseeded from the OS). The sale id
-//! prefix routes a purchase to its sale's Redis keys; the random part makes
-//! the code unguessable.
+//! Checkout codes: `<sale id>-<user id>-<32 hex digits>`, 128 bits from a
+//! CSPRNG (rand's thread RNG: ChaCha, seeded and reseeded from the OS). The
+//! sale id routes a purchase to its sale's Redis keys and the user id names
+//! the user's key, so a purchase passes every key it touches to its script;
+//! the random part makes the code unguessable. The user part is a claim the
+//! script checks against the code's stored user: a code with another user
+//! in it is unknown.
 
 use rand::RngExt;
 
 const RANDOM_HEX_LEN: usize = 32;
 
-/// A fresh code for `sale_id`.
-pub fn new_code(sale_id: i64) -> String {
-    let random: u128 = rand::rng().random();
-    format!("{sale_id}-{random:032x}")
+/// What a well-formed code names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeIds {
+    pub sale_id: i64,
+    pub user_id: i64,
 }
 
-/// The sale id of a well-formed code, or `None` for anything else.
-pub fn parse_code(code: &str) -> Option<i64> {
-    let (sale, random) = code.split_once('-')?;
-    if sale.is_empty()
-        || sale.len() > 18
-        || sale.starts_with('0')
-        || !sale.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
+/// A fresh code for `user_id`'s checkout in sale `sale_id`.
+pub fn new_code(sale_id: i64, user_id: i64) -> String {
+    let random: u128 = rand::rng().random();
+    format!("{sale_id}-{user_id}-{random:032x}")
+}
+
+/// The sale and user of a well-formed code, or `None` for anything else.
+pub fn parse_code(code: &str) -> Option<CodeIds> {
+    let (sale, rest) = code.split_once('-')?;
+    let (user, random) = rest.split_once('-')?;
     if random.len() != RANDOM_HEX_LEN
         || !random
             .bytes()
@@ -30,24 +34,44 @@ pub fn parse_code(code: &str) -> Option<i64> {
     {
         return None;
     }
-    let sale_id: i64 = sale.parse().ok()?;
-    (sale_id > 0).then_some(sale_id)
+    Some(CodeIds {
+        sale_id: canonical_id(sale, 18)?,
+        user_id: canonical_id(user, 19)?,
+    })
+}
+
+/// A positive integer of at most `max_digits` digits, without sign or
+/// leading zero (the only way `new_code` writes one).
+fn canonical_id(text: &str, max_digits: usize) -> Option<i64> {
+    if text.is_empty()
+        || text.len() > max_digits
+        || text.starts_with('0')
+        || !text.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    text.parse().ok().filter(|&id: &i64| id > 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn ids(sale_id: i64, user_id: i64) -> Option<CodeIds> {
+        Some(CodeIds { sale_id, user_id })
+    }
+
     #[test]
-    fn new_codes_parse_back_to_their_sale() {
-        let code = new_code(123);
-        assert_eq!(parse_code(&code), Some(123));
-        assert_eq!(code.len(), "123-".len() + RANDOM_HEX_LEN);
+    fn new_codes_parse_back_to_their_sale_and_user() {
+        let code = new_code(123, 45);
+        assert_eq!(parse_code(&code), ids(123, 45));
+        assert_eq!(code.len(), "123-45-".len() + RANDOM_HEX_LEN);
+        assert_eq!(parse_code(&new_code(1, i64::MAX)), ids(1, i64::MAX));
     }
 
     #[test]
     fn codes_differ() {
-        let codes: std::collections::HashSet<_> = (0..1000).map(|_| new_code(1)).collect();
+        let codes: std::collections::HashSet<_> = (0..1000).map(|_| new_code(1, 1)).collect();
         assert_eq!(codes.len(), 1000);
     }
 
@@ -56,16 +80,27 @@ mod tests {
         for bad in [
             "",
             "-",
+            "--",
             "12",
             "12-",
-            "x-0123456789abcdef0123456789abcdef",
-            "0-0123456789abcdef0123456789abcdef",
-            "12-0123456789ABCDEF0123456789abcdef",
-            "12-0123456789abcdef0123456789abcde",
-            "12-0123456789abcdef0123456789abcdef0",
-            "12-0123456789abcdef0123456789abcdeg",
-            "1:2-0123456789abcdef0123456789abcdef",
-            "99999999999999999999-0123456789abcdef0123456789abcdef",
+            "12-7-",
+            "12-0123456789abcdef0123456789abcdef",
+            "x-7-0123456789abcdef0123456789abcdef",
+            "0-7-0123456789abcdef0123456789abcdef",
+            "12-0-0123456789abcdef0123456789abcdef",
+            "12-07-0123456789abcdef0123456789abcdef",
+            "12--7-0123456789abcdef0123456789abcdef",
+            "12-+7-0123456789abcdef0123456789abcdef",
+            "12-x-0123456789abcdef0123456789abcdef",
+            "12-7-0123456789ABCDEF0123456789abcdef",
+            "12-7-0123456789abcdef0123456789abcde",
+            "12-7-0123456789abcdef0123456789abcdef0",
+            "12-7-0123456789abcdef0123456789abcdeg",
+            "12-7-0123456789abcdef-123456789abcdef",
+            "1:2-7-0123456789abcdef0123456789abcdef",
+            "99999999999999999999-7-0123456789abcdef0123456789abcdef",
+            "12-9223372036854775808-0123456789abcdef0123456789abcdef",
+            "12-99999999999999999999-0123456789abcdef0123456789abcdef",
         ] {
             assert_eq!(parse_code(bad), None, "{bad:?}");
         }
@@ -80,32 +115,42 @@ mod fuzz {
 
     use super::*;
 
-    /// `^[1-9][0-9]{0,17}-[0-9a-f]{32}$`: a canonical sale id (no sign, no
-    /// leading zero, at most 18 digits), a dash, 32 lowercase hex digits.
-    fn canonical(code: &str) -> Option<i64> {
-        let (sale, random) = code.split_once('-')?;
-        let sale_ok = (1..=18).contains(&sale.len())
-            && sale.bytes().all(|b| b.is_ascii_digit())
-            && !sale.starts_with('0');
+    /// `^[1-9][0-9]{0,17}-[1-9][0-9]{0,18}-[0-9a-f]{32}$` with both ids
+    /// positive i64s: a canonical sale id and user id (no sign, no leading
+    /// zero), dashes, 32 lowercase hex digits.
+    fn canonical(code: &str) -> Option<CodeIds> {
+        let mut parts = code.splitn(3, '-');
+        let (sale, user, random) = (parts.next()?, parts.next()?, parts.next()?);
+        let id_ok = |text: &str, max: usize| {
+            (1..=max).contains(&text.len())
+                && text.bytes().all(|b| b.is_ascii_digit())
+                && !text.starts_with('0')
+        };
         let random_ok = random.len() == 32
             && random
                 .bytes()
                 .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if sale_ok && random_ok {
-            sale.parse().ok()
+        if id_ok(sale, 18) && id_ok(user, 19) && random_ok {
+            Some(CodeIds {
+                sale_id: sale.parse().ok()?,
+                user_id: user.parse().ok()?,
+            })
         } else {
             None
         }
     }
 
-    fn near_code() -> impl Strategy<Value = String> {
-        let sale = prop_oneof![
+    fn near_id() -> impl Strategy<Value = String> {
+        prop_oneof![
             4 => "[1-9][0-9]{0,17}",
             1 => "0{1,3}[0-9]{0,5}",
             1 => "[0-9]{18,21}",
             1 => "-?[+ ]?[0-9]{0,3}",
             1 => "[ -~]{0,4}",
-        ];
+        ]
+    }
+
+    fn near_code() -> impl Strategy<Value = String> {
         let random = prop_oneof![
             4 => "[0-9a-f]{32}",
             1 => "[0-9a-f]{30,34}",
@@ -113,7 +158,8 @@ mod fuzz {
             1 => "[0-9a-g-]{32}",
             1 => "\\PC{0,34}",
         ];
-        (sale, "-|--|_|", random).prop_map(|(s, d, r)| format!("{s}{d}{r}"))
+        (near_id(), "-|--|_|", near_id(), "-|--|_|", random)
+            .prop_map(|(s, d, u, e, r)| format!("{s}{d}{u}{e}{r}"))
     }
 
     proptest! {
@@ -133,31 +179,36 @@ mod fuzz {
         }
 
         #[test]
-        fn new_codes_are_canonical(sale in 1i64..=999_999_999_999_999_999) {
-            let code = new_code(sale);
-            prop_assert_eq!(canonical(&code), Some(sale));
-            prop_assert_eq!(parse_code(&code), Some(sale));
-            prop_assert_eq!(code.len(), sale.to_string().len() + 1 + RANDOM_HEX_LEN);
+        fn new_codes_are_canonical(sale in 1i64..=999_999_999_999_999_999, user in 1i64..=i64::MAX) {
+            let code = new_code(sale, user);
+            let expected = Some(CodeIds { sale_id: sale, user_id: user });
+            prop_assert_eq!(canonical(&code), expected);
+            prop_assert_eq!(parse_code(&code), expected);
+            prop_assert_eq!(
+                code.len(),
+                sale.to_string().len() + 1 + user.to_string().len() + 1 + RANDOM_HEX_LEN
+            );
         }
 
         #[test]
         fn one_altered_digit_is_another_code(sale in 1i64..1_000_000, pos in 0usize..32, to in 0u8..16) {
             // Altering the random part keeps the format (so the server must
             // look it up and find nothing), and no two fresh codes collide.
-            let code = new_code(sale);
+            let code = new_code(sale, 7);
             let at = code.len() - RANDOM_HEX_LEN + pos;
             let mut bytes = code.clone().into_bytes();
             bytes[at] = b"0123456789abcdef"[to as usize];
             let altered = String::from_utf8(bytes).unwrap();
-            prop_assert_eq!(parse_code(&altered), Some(sale));
-            prop_assert_ne!(new_code(sale), code);
+            prop_assert_eq!(parse_code(&altered), Some(CodeIds { sale_id: sale, user_id: 7 }));
+            prop_assert_ne!(new_code(sale, 7), code);
         }
     }
 
     #[test]
-    fn leading_zeros_in_the_sale_id_are_not_a_code() {
+    fn leading_zeros_in_an_id_are_not_a_code() {
         // `new_code` never writes them, so such a code was never issued; it
         // should be refused as malformed (400), like every other non-code.
-        assert_eq!(parse_code("012-0123456789abcdef0123456789abcdef"), None);
+        assert_eq!(parse_code("012-7-0123456789abcdef0123456789abcdef"), None);
+        assert_eq!(parse_code("12-07-0123456789abcdef0123456789abcdef"), None);
     }
 }

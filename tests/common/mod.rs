@@ -841,12 +841,12 @@ fn parse_rfc3339_utc(s: &str) -> Option<i64> {
 
 /// A well-formed code that no one was given.
 pub fn random_code(sale_id: i64) -> String {
-    flashsale::sale::code::new_code(sale_id)
+    flashsale::sale::code::new_code(sale_id, 1)
 }
 
 /// Whether `code` is a well-formed code of sale `sale_id`.
 pub fn code_is_well_formed(code: &str, sale_id: i64) -> bool {
-    flashsale::sale::code::parse_code(code) == Some(sale_id)
+    flashsale::sale::code::parse_code(code).is_some_and(|ids| ids.sale_id == sale_id)
 }
 
 /// A small xorshift generator: tests need spread, not cryptography.
