@@ -10,8 +10,8 @@ batch of one (KEYS meta, sold, user key, code key; ARGV expire-at, first
 item id minus one, user key prefix, code key prefix, item number), so the
 state is the one real checkouts leave:
 
-  code i   <sale>-<20 zeros><i as 12 digits>   (32 hex digits: a valid code,
-           and what redis-benchmark's __rand_int__ makes of the same pattern)
+  code i   <sale>-<i + 1>-<20 zeros><i as 12 digits>   (a valid code: its
+           user, then 32 hex digits)
   user     i + 1 (one open checkout per user)
   items    K distinct random items of the sale, K random in 1..--max-items
            (mean 2 with the default 3)
@@ -59,8 +59,8 @@ def main() -> int:
         out.write(resp("SELECT", args.db))
     chunk = []
     for i in range(args.codes):
-        code = f"{s}-{'0' * 20}{i:012d}"
         user = i + 1
+        code = f"{s}-{user}-{'0' * 20}{i:012d}"
         user_key = f"{{sale:{s}}}:user:{user}"
         code_key = f"{{sale:{s}}}:code:{code}"
         for n in rng.sample(range(1, args.items + 1), rng.randint(1, k_max)):

@@ -2,9 +2,10 @@
 -- from CODES prepared codes, the same codes and the same draw as
 -- redis-benchmark's EVALSHA of lua/purchase.lua in bench/bench.sh:
 --
---   C = SALE_ID .. "-" .. 20 zeros .. a 12-digit number in 0..CODES-1
+--   C = SALE_ID .. "-" .. (i + 1) .. "-" .. 20 zeros .. i as 12 digits,
+--   i in 0..CODES-1 (the code's user is i + 1).
 --
--- (redis-benchmark's __rand_int__ is exactly such a 12-digit number). The
+-- The
 -- codes are prepared by bench/prep_codes.py (see bench/README.md for the
 -- mix): the first purchase of a code buys what is still unsold of its
 -- checkout (200) or nothing (409 nothing_purchased); a repeat replays the
@@ -16,10 +17,11 @@ local lib = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "l
 
 local sale_id = lib.env_number("SALE_ID", nil, "purchase.lua")
 local ncodes = lib.env_number("CODES", nil, "purchase.lua")
-local prefix = string.format("/purchase?code=%d-00000000000000000000", sale_id)
+local prefix = string.format("/purchase?code=%d-", sale_id)
 
 lib.install({ count = os.getenv("COUNT_STATUS") == "1" })
 
 function request()
-  return wrk.format("POST", string.format("%s%012d", prefix, math.random(0, ncodes - 1)), nil, "")
+  local i = math.random(0, ncodes - 1)
+  return wrk.format("POST", string.format("%s%d-00000000000000000000%012d", prefix, i + 1, i), nil, "")
 end
