@@ -27,7 +27,12 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config),
         Command::Check { sale } => {
-            let status = check::run(&cli.config.redis_url, &cli.config.database_url, sale);
+            let status = check::run(
+                &cli.config.redis_url,
+                &cli.config.redis_keys(),
+                &cli.config.database_url,
+                sale,
+            );
             return ExitCode::from(status);
         }
     };
@@ -62,6 +67,7 @@ pub fn serve(config: Config) -> Result<()> {
     let migrated = migrate_if_postgres_is_up(&pool, &stop);
 
     let scripts = Arc::new(Scripts::new());
+    let keys = config.redis_keys();
     let schedule = Arc::new(SharedSchedule::default());
     let clock = Arc::new(RedisClock::new());
     let postgres = Arc::new(PostgresHealth::default());
@@ -73,6 +79,7 @@ pub fn serve(config: Config) -> Result<()> {
             batch_rows: config.writer_batch.max(1),
             flush_after: config.writer_flush(),
             redis_url: config.redis_url.clone(),
+            keys: Arc::new(keys.clone()),
             clock: clock.clone(),
         },
         pool.clone(),
@@ -88,6 +95,7 @@ pub fn serve(config: Config) -> Result<()> {
             items: config.sale_items,
             user_limit: config.user_limit,
             redis_url: config.redis_url.clone(),
+            keys: keys.clone(),
             redis_timeout: config.redis_timeout().max(Duration::from_secs(1)),
             retention_ms: config.retention_ms(),
             checkouts_retention_days: config.checkouts_retention_days,
@@ -113,6 +121,7 @@ pub fn serve(config: Config) -> Result<()> {
             redis_timeout: config.redis_timeout(),
             redis_batching: config.redis_batching(),
             scripts,
+            keys: Arc::new(keys),
             schedule,
             clock,
             records,

@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::redis_client::{blocking_connection, keys};
+use crate::redis_client::blocking_connection;
+use crate::redis_client::keys::Keys;
 use crate::sale::sold_map::sold_numbers;
 use crate::sale::split_item_id;
 use crate::store::outbox;
@@ -32,18 +33,20 @@ struct Snapshot {
     /// Entries in the sale's dead letter, and the first few of them.
     dead_letters: u64,
     dead_letter_sample: Vec<String>,
+    /// The dead letter's key, for the report.
+    dead_letter_key: String,
     /// user id → `bought` counter in Redis (users whose keys have not expired).
     redis_bought: BTreeMap<i64, u64>,
 }
 
 /// Runs the check and prints the report; returns the process exit status.
-pub fn run(redis_url: &str, database_url: &str, sale_id: i64) -> u8 {
+pub fn run(redis_url: &str, keys: &Keys, database_url: &str, sale_id: i64) -> u8 {
     let mut last = Vec::new();
     for attempt in 0..3 {
         if attempt > 0 {
             std::thread::sleep(Duration::from_secs(1));
         }
-        match read(redis_url, database_url, sale_id) {
+        match read(redis_url, keys, database_url, sale_id) {
             Ok(snapshot) => {
                 last = differences(sale_id, &snapshot);
                 if last.is_empty() {
@@ -79,8 +82,11 @@ fn summary(sale_id: i64, s: &Snapshot) -> String {
     )
 }
 
-fn read(redis_url: &str, database_url: &str, sale_id: i64) -> Result<Snapshot> {
-    let mut snapshot = Snapshot::default();
+fn read(redis_url: &str, keys: &Keys, database_url: &str, sale_id: i64) -> Result<Snapshot> {
+    let mut snapshot = Snapshot {
+        dead_letter_key: keys.outbox_dead_letter(sale_id),
+        ..Snapshot::default()
+    };
     let timeout = Duration::from_secs(5);
     let client = redis::Client::open(redis_url)
         .map_err(|e| Error::with_cause(ErrorKind::Config, "REDIS_URL", e))?;
@@ -116,7 +122,7 @@ fn read(redis_url: &str, database_url: &str, sale_id: i64) -> Result<Snapshot> {
     // in the bitmap; this order can only see a bit without its entry, which
     // the re-read settles).
     let meta: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(keys::meta(sale_id))
+        .arg(keys.meta(sale_id))
         .query(&mut redis)?;
     if !meta.is_empty() {
         let field = |name: &str| meta.get(name).and_then(|v| v.parse::<u64>().ok());
@@ -127,13 +133,13 @@ fn read(redis_url: &str, database_url: &str, sale_id: i64) -> Result<Snapshot> {
         ));
     }
     let bitmap: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(keys::sold(sale_id))
+        .arg(keys.sold(sale_id))
         .query(&mut redis)?;
     snapshot
         .sold_bits
         .extend(sold_numbers(&bitmap.unwrap_or_default()));
     let mut cursor = 0u64;
-    let pattern = format!("{}*", keys::user_prefix(sale_id));
+    let pattern = format!("{}*", glob_escaped(&keys.user_prefix(sale_id)));
     loop {
         let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
@@ -159,7 +165,7 @@ fn read(redis_url: &str, database_url: &str, sale_id: i64) -> Result<Snapshot> {
     }
     let mut after: Option<String> = None;
     loop {
-        let batch = outbox::read(&mut redis, sale_id, after.as_deref(), 5000)?;
+        let batch = outbox::read(&mut redis, keys, sale_id, after.as_deref(), 5000)?;
         snapshot.pending.extend(
             batch
                 .entries
@@ -171,9 +177,9 @@ fn read(redis_url: &str, database_url: &str, sale_id: i64) -> Result<Snapshot> {
         }
         after = batch.last_id;
     }
-    snapshot.dead_letters = outbox::dead_letter_len(&mut redis, sale_id)?;
+    snapshot.dead_letters = outbox::dead_letter_len(&mut redis, keys, sale_id)?;
     if snapshot.dead_letters > 0 {
-        snapshot.dead_letter_sample = outbox::read_dead_letter(&mut redis, sale_id, DEAD_SAMPLE)?;
+        snapshot.dead_letter_sample = outbox::read_dead_letter(&mut redis, keys, sale_id, DEAD_SAMPLE)?;
     }
 
     for row in pg.query(
@@ -205,6 +211,19 @@ fn postgres_address(config: &postgres::Config) -> String {
 }
 
 /// Every way the snapshot breaks an invariant, one line each.
+/// `text` as a SCAN MATCH pattern that matches only itself (a key prefix
+/// may hold glob characters).
+fn glob_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn differences(sale_id: i64, s: &Snapshot) -> Vec<String> {
     let mut out = Vec::new();
     let (items, limit) = match (s.pg_sale, s.redis_meta) {
@@ -246,7 +265,7 @@ fn differences(sale_id: i64, s: &Snapshot) -> Vec<String> {
         out.push(format!(
             "{} purchase(s) in the dead letter {}: sold in redis, never recorded in postgres",
             s.dead_letters,
-            crate::redis_client::keys::outbox_dead_letter(sale_id)
+            s.dead_letter_key
         ));
         for entry in &s.dead_letter_sample {
             out.push(format!("dead letter: {entry}"));

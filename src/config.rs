@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::redis_client::batch::BatchLimits;
+use crate::redis_client::keys::{Keys, check_prefix};
 use crate::sale::ITEM_ID_STRIDE;
 
 /// Most items a sale may have: item ids are `sale_id * ITEM_ID_STRIDE + n`
@@ -96,6 +97,12 @@ pub struct Config {
         default_value = "redis://127.0.0.1:6379/0"
     )]
     pub redis_url: String,
+
+    /// Starts every Redis key the service writes (before a sale's `{sale:S}` hash
+    /// tag), so that several deployments can share one Redis; `{` and `}` are refused.
+    #[arg(long = "redis-key-prefix", env = "REDIS_KEY_PREFIX", default_value = "",
+          value_parser = parse_key_prefix)]
+    pub redis_key_prefix: String,
 
     /// Postgres URL.
     #[arg(
@@ -330,6 +337,11 @@ impl Config {
         Duration::from_millis(self.writer_flush_ms.max(1))
     }
 
+    /// The Redis key names behind the configured prefix.
+    pub fn redis_keys(&self) -> Keys {
+        Keys::new(&self.redis_key_prefix).expect("the prefix was checked when parsed")
+    }
+
     /// How long Redis keeps a sale's users and codes after it ends, in ms.
     pub fn retention_ms(&self) -> i64 {
         (self.sale_retention_secs as i64).saturating_mul(1000)
@@ -357,6 +369,12 @@ impl Config {
         };
         (json, filter)
     }
+}
+
+fn parse_key_prefix(text: &str) -> Result<String, String> {
+    check_prefix(text)
+        .map(|()| text.to_string())
+        .map_err(|why| format!("the key prefix {why}"))
 }
 
 #[cfg(test)]
@@ -397,6 +415,17 @@ mod tests {
     fn json_log_keeps_level() {
         let cli = parse(&["--log", "json,debug"]);
         assert_eq!(cli.config.log_format(), (true, "debug".to_string()));
+    }
+
+    #[test]
+    fn key_prefixes_without_braces() {
+        assert_eq!(parse(&[]).config.redis_keys().prefix(), "");
+        let c = parse(&["--redis-key-prefix", "shop-a:"]).config;
+        assert_eq!(c.redis_keys().meta(3), "shop-a:{sale:3}:meta");
+        for bad in ["{x}", "a{", "}"] {
+            let e = Cli::try_parse_from(["flashsale", "--redis-key-prefix", bad]).unwrap_err();
+            assert!(e.to_string().contains("may not contain '{' or '}'"), "{e}");
+        }
     }
 
     #[test]

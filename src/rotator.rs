@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crate::clock::RedisClock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::redis_client::scripts::Scripts;
-use crate::redis_client::{blocking_connection, keys};
+use crate::redis_client::blocking_connection;
+use crate::redis_client::keys::Keys;
 use crate::sale::schedule::{Schedule, SharedSchedule};
 use crate::sale::{SaleInfo, period_start};
 use crate::store::PgPool;
@@ -30,6 +31,8 @@ pub struct RotatorConfig {
     pub items: u32,
     pub user_limit: u32,
     pub redis_url: String,
+    /// Redis key names behind the deployment's prefix.
+    pub keys: Keys,
     pub redis_timeout: Duration,
     /// How long user keys outlive their sale (ms), as the scripts set it.
     pub retention_ms: i64,
@@ -231,7 +234,7 @@ impl Rotator {
             sale.id, sale.ends_at, sale.items, sale.user_limit
         );
         let _: i64 = redis::cmd("HSET")
-            .arg(keys::SALE_INDEX)
+            .arg(self.config.keys.sale_index())
             .arg(sale.starts_at)
             .arg(entry)
             .query(self.redis()?)?;
@@ -242,7 +245,7 @@ impl Rotator {
     /// Postgres cannot be asked.
     fn indexed_sale(&mut self, start: i64) -> Result<Option<SaleInfo>> {
         let entry: Option<String> = redis::cmd("HGET")
-            .arg(keys::SALE_INDEX)
+            .arg(self.config.keys.sale_index())
             .arg(start)
             .query(self.redis()?)?;
         let sale = entry.as_deref().and_then(|e| parse_index_entry(start, e));
@@ -268,8 +271,8 @@ impl Rotator {
     }
 
     fn init_redis(&mut self, sale: &SaleInfo) -> Result<()> {
-        let con = self.redis()?;
-        let exists: bool = redis::cmd("EXISTS").arg(keys::meta(sale.id)).query(con)?;
+        let meta = self.config.keys.meta(sale.id);
+        let exists: bool = redis::cmd("EXISTS").arg(&meta).query(self.redis()?)?;
         if exists {
             return Ok(());
         }
@@ -285,10 +288,11 @@ impl Rotator {
                 "no redis connection",
             ));
         };
-        let mut invocation = self.init_sale.key(keys::meta(sale.id));
-        invocation.key(keys::sold(sale.id));
+        let keys = &self.config.keys;
+        let mut invocation = self.init_sale.key(meta);
+        invocation.key(keys.sold(sale.id));
         for &(user, _) in &restore.user_counts {
-            invocation.key(keys::user(sale.id, user));
+            invocation.key(keys.user(sale.id, user));
         }
         invocation
             .arg(sale.id)

@@ -22,6 +22,7 @@ use crate::event::Event;
 use crate::http::Limits;
 use crate::metrics::registry;
 use crate::redis_client::batch::BatchLimits;
+use crate::redis_client::keys::Keys;
 use crate::redis_client::scripts::Scripts;
 use crate::redis_client::{RedisClient, RedisTarget};
 use crate::sale::schedule::SharedSchedule;
@@ -41,6 +42,7 @@ pub struct CoreSetup {
     pub redis_timeout: Duration,
     pub redis_batching: BatchLimits,
     pub scripts: Arc<Scripts>,
+    pub keys: Arc<Keys>,
     pub schedule: Arc<SharedSchedule>,
     pub clock: Arc<crate::clock::RedisClock>,
     pub records: RecordSender,
@@ -193,6 +195,7 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
     let metrics = registry().register_core();
     let api = Rc::new(Api::new(ApiDeps {
         redis: redis.clone(),
+        keys: setup.keys.clone(),
         schedule: setup.schedule.clone(),
         clock: setup.clock.clone(),
         records: setup.records.clone(),

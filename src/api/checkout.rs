@@ -10,7 +10,8 @@ use crate::http::ResponseHead;
 use crate::http::response::write_json;
 use crate::redis_client::batch::BatchCall;
 use crate::redis_client::scripts::{Script, Scripts};
-use crate::redis_client::{keys, texts};
+use crate::redis_client::keys::Keys;
+use crate::redis_client::texts;
 use crate::sale::code::new_code;
 use crate::sale::{CheckoutOutcome, ITEM_ID_STRIDE, SaleInfo};
 use crate::store::{CheckoutRecord, Record};
@@ -37,21 +38,21 @@ impl BatchCall for CheckoutCall {
         self.sale_id
     }
 
-    fn shared_keys(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(keys::meta(self.sale_id))
-            .arg(keys::sold(self.sale_id));
+    fn shared_keys(&self, keys: &Keys, cmd: &mut redis::Cmd) {
+        cmd.arg(keys.meta(self.sale_id))
+            .arg(keys.sold(self.sale_id));
     }
 
-    fn shared_args(&self, cmd: &mut redis::Cmd) {
+    fn shared_args(&self, keys: &Keys, cmd: &mut redis::Cmd) {
         cmd.arg(self.expire_at_ms)
             .arg(self.sale_id * ITEM_ID_STRIDE)
-            .arg(keys::user_prefix(self.sale_id))
-            .arg(keys::code_prefix(self.sale_id));
+            .arg(keys.user_prefix(self.sale_id))
+            .arg(keys.code_prefix(self.sale_id));
     }
 
-    fn keys(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(keys::user(self.sale_id, self.user_id))
-            .arg(keys::code(self.sale_id, &self.fresh_code));
+    fn keys(&self, keys: &Keys, cmd: &mut redis::Cmd) {
+        cmd.arg(keys.user(self.sale_id, self.user_id))
+            .arg(keys.code(self.sale_id, &self.fresh_code));
     }
 
     fn args(&self, cmd: &mut redis::Cmd) {

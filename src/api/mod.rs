@@ -22,7 +22,8 @@ use crate::http::response::{ResponseHead, error_body};
 use crate::http::{Handler, Method, RequestHead};
 use crate::metrics::{CoreMetrics, Route};
 use crate::redis_client::batch::{BatchLimits, Batcher};
-use crate::redis_client::{RedisClient, keys, server_reply};
+use crate::redis_client::keys::Keys;
+use crate::redis_client::{RedisClient, server_reply};
 use crate::sale::SaleInfo;
 use crate::sale::schedule::{ScheduleView, SharedSchedule};
 use crate::sale::sold_map::SoldMap;
@@ -34,6 +35,8 @@ const RETRY_AFTER_SECS: u32 = 1;
 /// How the handlers reach everything outside the core.
 pub struct ApiDeps {
     pub redis: RedisClient,
+    /// Redis key names behind the deployment's prefix.
+    pub keys: Arc<Keys>,
     pub schedule: Arc<SharedSchedule>,
     /// Redis's clock, as this instance estimates it: picks the active sale.
     pub clock: Arc<RedisClock>,
@@ -125,8 +128,18 @@ impl Api {
         let schedule = RefCell::new(deps.schedule.view());
         let observer = deps.metrics.clone();
         Api {
-            checkouts: Batcher::start(deps.redis.clone(), deps.redis_batching, observer.clone()),
-            purchases: Batcher::start(deps.redis.clone(), deps.redis_batching, observer),
+            checkouts: Batcher::start(
+                deps.redis.clone(),
+                deps.keys.clone(),
+                deps.redis_batching,
+                observer.clone(),
+            ),
+            purchases: Batcher::start(
+                deps.redis.clone(),
+                deps.keys.clone(),
+                deps.redis_batching,
+                observer,
+            ),
             schedule,
             sold: RefCell::new(SoldMap::default()),
             in_flight: Cell::new(0),
@@ -255,7 +268,7 @@ impl Api {
             }
             sold.track(&sale);
         }
-        let cmd = redis::cmd("GET").arg(keys::sold(sale.id)).clone();
+        let cmd = redis::cmd("GET").arg(self.deps.keys.sold(sale.id)).clone();
         if let Ok(redis::Value::BulkString(bitmap)) = self.deps.redis.query(&cmd).await {
             // The map may track the next sale by now: then this is ignored.
             self.sold.borrow_mut().merge_redis_bitmap(sale.id, &bitmap);

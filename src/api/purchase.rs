@@ -10,7 +10,8 @@ use crate::http::ResponseHead;
 use crate::http::response::write_json;
 use crate::redis_client::batch::BatchCall;
 use crate::redis_client::scripts::{Script, Scripts};
-use crate::redis_client::{keys, texts};
+use crate::redis_client::keys::Keys;
+use crate::redis_client::texts;
 use crate::sale::ITEM_ID_STRIDE;
 use crate::sale::code::{CodeIds, parse_code};
 
@@ -38,19 +39,19 @@ impl BatchCall for PurchaseCall {
         self.sale_id
     }
 
-    fn shared_keys(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(keys::meta(self.sale_id))
-            .arg(keys::sold(self.sale_id))
-            .arg(keys::outbox(self.sale_id));
+    fn shared_keys(&self, keys: &Keys, cmd: &mut redis::Cmd) {
+        cmd.arg(keys.meta(self.sale_id))
+            .arg(keys.sold(self.sale_id))
+            .arg(keys.outbox(self.sale_id));
     }
 
-    fn shared_args(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(keys::user_prefix(self.sale_id))
+    fn shared_args(&self, keys: &Keys, cmd: &mut redis::Cmd) {
+        cmd.arg(keys.user_prefix(self.sale_id))
             .arg(self.first_item)
-            .arg(keys::code_prefix(self.sale_id));
+            .arg(keys.code_prefix(self.sale_id));
     }
 
-    fn keys(&self, cmd: &mut redis::Cmd) {
+    fn keys(&self, _keys: &Keys, cmd: &mut redis::Cmd) {
         cmd.arg(&self.code_key).arg(&self.user_key);
     }
 
@@ -77,8 +78,8 @@ impl Api {
                 .call(PurchaseCall {
                     sale_id,
                     first_item,
-                    code_key: keys::code(sale_id, code),
-                    user_key: keys::user(sale_id, user_id),
+                    code_key: self.deps.keys.code(sale_id, code),
+                    user_key: self.deps.keys.user(sale_id, user_id),
                 })
                 .await
                 .map_err(|e| self.redis_failed(e))?

@@ -11,7 +11,7 @@ use crate::http::ResponseHead;
 use crate::http::response::{PROMETHEUS_TEXT, write_json};
 use crate::metrics::sale::CurrentSale;
 use crate::metrics::{self, registry};
-use crate::redis_client::keys;
+
 use crate::sale::{image_url, item_id, item_name};
 
 const SALE_NOT_FOUND: Reject = Reject::new(404, "sale_not_found", "no such sale");
@@ -79,7 +79,7 @@ impl Api {
             let last = (offset + limit).min(i64::from(total)); // exclusive, item index
             let bitmap = if first < last {
                 let cmd = redis::cmd("GETRANGE")
-                    .arg(keys::sold(sale_id))
+                    .arg(self.deps.keys.sold(sale_id))
                     .arg(first / 8)
                     .arg((last - 1) / 8)
                     .clone();
@@ -130,7 +130,7 @@ impl Api {
         field: &str,
     ) -> Result<Option<T>, Reject> {
         let cmd = redis::cmd("HGET")
-            .arg(keys::meta(sale_id))
+            .arg(self.deps.keys.meta(sale_id))
             .arg(field)
             .clone();
         let value = self.redis_query(&cmd).await?;

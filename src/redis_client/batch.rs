@@ -19,6 +19,7 @@ use local_sync::oneshot;
 use redis::{Cmd, Value};
 
 use super::RedisClient;
+use super::keys::Keys;
 use super::scripts::{Script, Scripts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
@@ -37,10 +38,10 @@ pub trait BatchCall: 'static {
     /// and the shared keys and arguments are the sale's).
     fn group(&self) -> i64;
     /// The shared keys, taken from the batch's first call.
-    fn shared_keys(&self, cmd: &mut Cmd);
+    fn shared_keys(&self, keys: &Keys, cmd: &mut Cmd);
     /// The shared arguments, taken from the batch's first call.
-    fn shared_args(&self, cmd: &mut Cmd);
-    fn keys(&self, cmd: &mut Cmd);
+    fn shared_args(&self, keys: &Keys, cmd: &mut Cmd);
+    fn keys(&self, keys: &Keys, cmd: &mut Cmd);
     fn args(&self, cmd: &mut Cmd);
 }
 
@@ -59,6 +60,7 @@ pub struct Batcher<C: BatchCall> {
 
 struct Inner<C> {
     redis: RedisClient,
+    keys: Arc<Keys>,
     observer: Arc<dyn BatchObserver>,
     queue: RefCell<VecDeque<(C, oneshot::Sender<Result<Value>>)>>,
     queued: Event,
@@ -83,11 +85,13 @@ impl<C: BatchCall> Batcher<C> {
     /// Creates the batcher and starts its sending task on the current runtime.
     pub fn start(
         redis: RedisClient,
+        keys: Arc<Keys>,
         limits: BatchLimits,
         observer: Arc<dyn BatchObserver>,
     ) -> Self {
         let inner = Rc::new(Inner {
             redis,
+            keys,
             observer,
             queue: RefCell::new(VecDeque::new()),
             queued: Event::new(),
@@ -176,11 +180,12 @@ async fn run_batch<C: BatchCall>(
         .redis
         .eval(script, keys, |cmd| {
             let first = &batch[0].0;
-            first.shared_keys(cmd);
+            let keys = &*inner.keys;
+            first.shared_keys(keys, cmd);
             for (call, _) in &batch {
-                call.keys(cmd);
+                call.keys(keys, cmd);
             }
-            first.shared_args(cmd);
+            first.shared_args(keys, cmd);
             for (call, _) in &batch {
                 call.args(cmd);
             }

@@ -1,56 +1,100 @@
-//! Redis key names of a sale, built from validated integers (and a validated
-//! code) only. Every key of sale S carries the hash tag `{sale:S}`, so one
-//! sale lives in one Redis Cluster slot. The layout is described in
-//! lua/checkout.lua.
+//! Redis key names, built from validated integers (and a validated code)
+//! only, behind the deployment's key prefix (`--redis-key-prefix`, possibly
+//! empty), so that several deployments can share one Redis. Every key of sale
+//! S is `<prefix>{sale:S}:...`: the prefix comes before the hash tag, so it
+//! starts every key while the slot of a sale's keys depends on the sale
+//! alone, and one sale lives in one Redis Cluster slot. The layout is
+//! described in lua/checkout.lua.
 
-pub fn meta(sale_id: i64) -> String {
-    format!("{{sale:{sale_id}}}:meta")
+/// Why a key prefix is refused.
+pub const PREFIX_BRACES: &str = "may not contain '{' or '}': Redis Cluster hashes a key from its first '{' to the next '}', so a brace in the prefix would move every sale into one slot";
+
+/// Checks a key prefix: anything but braces.
+pub fn check_prefix(prefix: &str) -> Result<(), &'static str> {
+    if prefix.contains(['{', '}']) {
+        Err(PREFIX_BRACES)
+    } else {
+        Ok(())
+    }
 }
 
-pub fn sold(sale_id: i64) -> String {
-    format!("{{sale:{sale_id}}}:sold")
+/// The key names of one deployment; built once from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    prefix: String,
+    sale_index: String,
+    dead_letter_index: String,
 }
 
-pub fn user(sale_id: i64, user_id: i64) -> String {
-    format!("{{sale:{sale_id}}}:user:{user_id}")
+impl Keys {
+    /// Keys behind `prefix`, which must have passed `check_prefix`.
+    pub fn new(prefix: &str) -> Result<Keys, &'static str> {
+        check_prefix(prefix)?;
+        Ok(Keys {
+            prefix: prefix.to_string(),
+            sale_index: format!("{prefix}flashsale:sales"),
+            dead_letter_index: format!("{prefix}flashsale:dead-letters"),
+        })
+    }
+
+    /// What every key starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn meta(&self, sale_id: i64) -> String {
+        format!("{}{{sale:{sale_id}}}:meta", self.prefix)
+    }
+
+    pub fn sold(&self, sale_id: i64) -> String {
+        format!("{}{{sale:{sale_id}}}:sold", self.prefix)
+    }
+
+    pub fn user(&self, sale_id: i64, user_id: i64) -> String {
+        format!("{}{{sale:{sale_id}}}:user:{user_id}", self.prefix)
+    }
+
+    /// Prefix of user keys: scripts read the user id from a user key.
+    pub fn user_prefix(&self, sale_id: i64) -> String {
+        format!("{}{{sale:{sale_id}}}:user:", self.prefix)
+    }
+
+    /// Key of a code; `code` must have passed `sale::code::parse_code`.
+    pub fn code(&self, sale_id: i64, code: &str) -> String {
+        format!("{}{{sale:{sale_id}}}:code:{code}", self.prefix)
+    }
+
+    /// Prefix of code keys, for scripts that read the code from its key.
+    pub fn code_prefix(&self, sale_id: i64) -> String {
+        format!("{}{{sale:{sale_id}}}:code:", self.prefix)
+    }
+
+    pub fn outbox(&self, sale_id: i64) -> String {
+        format!("{}{{sale:{sale_id}}}:outbox", self.prefix)
+    }
+
+    /// Where outbox entries that can never be recorded are moved (a stream
+    /// of the entry's fields plus `reason` and `outbox_id`), for an operator
+    /// to inspect; the server never deletes it.
+    pub fn outbox_dead_letter(&self, sale_id: i64) -> String {
+        format!("{}{{sale:{sale_id}}}:outbox:dead", self.prefix)
+    }
+
+    /// The rotator's index of prepared sales: a hash from a sale's start
+    /// (Unix s) to `id,ends_at,items,limit`, so that a server starting while
+    /// Postgres is down can still find the sale it should serve. Not a sale
+    /// key (no hash tag): only the rotator uses it, never a script.
+    pub fn sale_index(&self) -> &str {
+        &self.sale_index
+    }
+
+    /// The set of sale ids that have (or had) a dead-letter stream, so that
+    /// the writer can count dead letters without scanning the keyspace. Not
+    /// a sale key (no hash tag): only the writer uses it, never a script.
+    pub fn dead_letter_index(&self) -> &str {
+        &self.dead_letter_index
+    }
 }
-
-/// Prefix of user keys, for scripts that find the user from a code.
-pub fn user_prefix(sale_id: i64) -> String {
-    format!("{{sale:{sale_id}}}:user:")
-}
-
-/// The rotator's index of prepared sales: a hash from a sale's start (Unix
-/// s) to `id,ends_at,items,limit`, so that a server starting while Postgres
-/// is down can still find the sale it should serve. Not a sale key (no hash
-/// tag): only the rotator uses it, never a script.
-pub const SALE_INDEX: &str = "flashsale:sales";
-
-/// Key of a code; `code` must have passed `sale::code::parse_code`.
-pub fn code(sale_id: i64, code: &str) -> String {
-    format!("{{sale:{sale_id}}}:code:{code}")
-}
-
-/// Prefix of code keys, for scripts that read the code from its key.
-pub fn code_prefix(sale_id: i64) -> String {
-    format!("{{sale:{sale_id}}}:code:")
-}
-
-pub fn outbox(sale_id: i64) -> String {
-    format!("{{sale:{sale_id}}}:outbox")
-}
-
-/// Where outbox entries that can never be recorded are moved (a stream of
-/// the entry's fields plus `reason` and `outbox_id`), for an operator to
-/// inspect; the server never deletes it.
-pub fn outbox_dead_letter(sale_id: i64) -> String {
-    format!("{{sale:{sale_id}}}:outbox:dead")
-}
-
-/// The set of sale ids that have (or had) a dead-letter stream, so that the
-/// writer can count dead letters without scanning the keyspace. Not a sale
-/// key (no hash tag): only the writer uses it, never a script.
-pub const DEAD_LETTER_INDEX: &str = "flashsale:dead-letters";
 
 #[cfg(test)]
 mod tests {
@@ -58,10 +102,48 @@ mod tests {
 
     #[test]
     fn keys_share_the_sale_hash_tag() {
-        for key in [meta(5), sold(5), user(5, 9), code(5, "5-ab"), outbox(5)] {
+        let keys = Keys::default();
+        for key in [
+            keys.meta(5),
+            keys.sold(5),
+            keys.user(5, 9),
+            keys.code(5, "5-9-ab"),
+            keys.outbox(5),
+            keys.outbox_dead_letter(5),
+        ] {
             assert!(key.starts_with("{sale:5}:"), "{key}");
         }
-        assert_eq!(user(5, 9), format!("{}9", user_prefix(5)));
-        assert_eq!(code(5, "5-ab"), format!("{}5-ab", code_prefix(5)));
+        assert_eq!(keys.user(5, 9), format!("{}9", keys.user_prefix(5)));
+        assert_eq!(keys.code(5, "5-9-ab"), format!("{}5-9-ab", keys.code_prefix(5)));
+        assert_eq!(keys.sale_index(), "flashsale:sales");
+        assert_eq!(keys.dead_letter_index(), "flashsale:dead-letters");
+    }
+
+    #[test]
+    fn the_prefix_starts_every_key_before_the_hash_tag() {
+        let keys = Keys::new("shop-a:").unwrap();
+        for key in [
+            keys.meta(5),
+            keys.sold(5),
+            keys.user(5, 9),
+            keys.user_prefix(5),
+            keys.code(5, "5-9-ab"),
+            keys.code_prefix(5),
+            keys.outbox(5),
+            keys.outbox_dead_letter(5),
+        ] {
+            assert!(key.starts_with("shop-a:{sale:5}:"), "{key}");
+        }
+        assert_eq!(keys.sale_index(), "shop-a:flashsale:sales");
+        assert_eq!(keys.dead_letter_index(), "shop-a:flashsale:dead-letters");
+    }
+
+    #[test]
+    fn braces_in_the_prefix_are_refused() {
+        for bad in ["{", "}", "a{b", "x}", "{t}:"] {
+            assert_eq!(Keys::new(bad).err(), Some(PREFIX_BRACES), "{bad}");
+        }
+        assert!(Keys::new("").is_ok());
+        assert!(Keys::new("a:b*c?[d]\\e").is_ok());
     }
 }

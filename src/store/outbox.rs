@@ -6,13 +6,13 @@
 //! is closed in Redis (`close_sale`), when nothing can be appended any more.
 //! An entry that can never be recorded is moved to the sale's
 //! dead-letter stream (`lua/dead_letter.lua`, indexed in
-//! `keys::DEAD_LETTER_INDEX`), which this module also reads and counts.
+//! `Keys::dead_letter_index`), which this module also reads and counts.
 //! Blocking; runs on the writer thread and in `flashsale check`.
 
 use redis::Value;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::redis_client::keys;
+use crate::redis_client::keys::Keys;
 
 /// One sold item, as appended by `purchase.lua`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,7 @@ pub struct OutboxBatch {
 /// reported in the batch, for the caller to log and step over.
 pub fn read(
     con: &mut redis::Connection,
+    keys: &Keys,
     sale_id: i64,
     after: Option<&str>,
     count: usize,
@@ -55,7 +56,7 @@ pub fn read(
         None => "-".to_owned(),
     };
     let reply: Value = redis::cmd("XRANGE")
-        .arg(keys::outbox(sale_id))
+        .arg(keys.outbox(sale_id))
         .arg(start)
         .arg("+")
         .arg("COUNT")
@@ -65,11 +66,12 @@ pub fn read(
 }
 
 /// Deletes committed entries from the outbox.
-pub fn ack(con: &mut redis::Connection, sale_id: i64, ids: &[String]) -> Result<()> {
+pub fn ack(con: &mut redis::Connection,
+    keys: &Keys, sale_id: i64, ids: &[String]) -> Result<()> {
     // XDEL takes many ids; keep each command to a sane size.
     for chunk in ids.chunks(1000) {
         let _: i64 = redis::cmd("XDEL")
-            .arg(keys::outbox(sale_id))
+            .arg(keys.outbox(sale_id))
             .arg(chunk)
             .query(con)?;
     }
@@ -80,22 +82,25 @@ pub fn ack(con: &mut redis::Connection, sale_id: i64, ids: &[String]) -> Result<
 /// lua/close_sale.lua; `ends_at` is Postgres's, for a sale Redis does not
 /// hold). Returns whether the sale is closed: from then on its outbox only
 /// shrinks.
-pub fn close_sale(con: &mut redis::Connection, sale_id: i64, ends_at: i64) -> Result<bool> {
+pub fn close_sale(con: &mut redis::Connection,
+    keys: &Keys, sale_id: i64, ends_at: i64) -> Result<bool> {
     static SCRIPT: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(crate::redis_client::scripts::CLOSE_SALE));
-    let closed: i64 = SCRIPT.key(keys::meta(sale_id)).arg(ends_at).invoke(con)?;
+    let closed: i64 = SCRIPT.key(keys.meta(sale_id)).arg(ends_at).invoke(con)?;
     Ok(closed == 1)
 }
 
 /// Entries still in the outbox.
-pub fn len(con: &mut redis::Connection, sale_id: i64) -> Result<u64> {
-    let n: u64 = redis::cmd("XLEN").arg(keys::outbox(sale_id)).query(con)?;
+pub fn len(con: &mut redis::Connection,
+    keys: &Keys, sale_id: i64) -> Result<u64> {
+    let n: u64 = redis::cmd("XLEN").arg(keys.outbox(sale_id)).query(con)?;
     Ok(n)
 }
 
 /// Deletes the (empty) outbox of a closed-out sale.
-pub fn delete(con: &mut redis::Connection, sale_id: i64) -> Result<()> {
-    let _: i64 = redis::cmd("DEL").arg(keys::outbox(sale_id)).query(con)?;
+pub fn delete(con: &mut redis::Connection,
+    keys: &Keys, sale_id: i64) -> Result<()> {
+    let _: i64 = redis::cmd("DEL").arg(keys.outbox(sale_id)).query(con)?;
     Ok(())
 }
 
@@ -127,6 +132,7 @@ static DEAD_LETTER_SCRIPT: std::sync::LazyLock<redis::Script> =
 /// reason. Returns false when the entry was no longer in the outbox.
 pub fn move_to_dead_letter(
     con: &mut redis::Connection,
+    keys: &Keys,
     sale_id: i64,
     stream_id: &str,
     reason: DeadReason,
@@ -134,12 +140,12 @@ pub fn move_to_dead_letter(
     // Indexed first: an index entry without a stream costs one XLEN, a
     // stream without an index entry would go uncounted.
     let _: i64 = redis::cmd("SADD")
-        .arg(keys::DEAD_LETTER_INDEX)
+        .arg(keys.dead_letter_index())
         .arg(sale_id)
         .query(con)?;
     let moved: i64 = DEAD_LETTER_SCRIPT
-        .key(keys::outbox(sale_id))
-        .key(keys::outbox_dead_letter(sale_id))
+        .key(keys.outbox(sale_id))
+        .key(keys.outbox_dead_letter(sale_id))
         .arg(stream_id)
         .arg(reason.as_str())
         .invoke(con)?;
@@ -147,13 +153,13 @@ pub fn move_to_dead_letter(
 }
 
 /// Entries in every sale's dead letter, and how many sales have some.
-pub fn dead_letter_totals(con: &mut redis::Connection) -> Result<(u64, u64)> {
+pub fn dead_letter_totals(con: &mut redis::Connection, keys: &Keys) -> Result<(u64, u64)> {
     let sales: Vec<i64> = redis::cmd("SMEMBERS")
-        .arg(keys::DEAD_LETTER_INDEX)
+        .arg(keys.dead_letter_index())
         .query(con)?;
     let (mut entries, mut with_entries) = (0, 0);
     for sale_id in sales {
-        let n = dead_letter_len(con, sale_id)?;
+        let n = dead_letter_len(con, keys, sale_id)?;
         entries += n;
         with_entries += u64::from(n > 0);
     }
@@ -161,9 +167,10 @@ pub fn dead_letter_totals(con: &mut redis::Connection) -> Result<(u64, u64)> {
 }
 
 /// Entries in one sale's dead letter.
-pub fn dead_letter_len(con: &mut redis::Connection, sale_id: i64) -> Result<u64> {
+pub fn dead_letter_len(con: &mut redis::Connection,
+    keys: &Keys, sale_id: i64) -> Result<u64> {
     let n: u64 = redis::cmd("XLEN")
-        .arg(keys::outbox_dead_letter(sale_id))
+        .arg(keys.outbox_dead_letter(sale_id))
         .query(con)?;
     Ok(n)
 }
@@ -174,11 +181,12 @@ pub fn dead_letter_len(con: &mut redis::Connection, sale_id: i64) -> Result<u64>
 /// UTF-8 shown lossily).
 pub fn read_dead_letter(
     con: &mut redis::Connection,
+    keys: &Keys,
     sale_id: i64,
     count: usize,
 ) -> Result<Vec<String>> {
     let reply: Value = redis::cmd("XRANGE")
-        .arg(keys::outbox_dead_letter(sale_id))
+        .arg(keys.outbox_dead_letter(sale_id))
         .arg("-")
         .arg("+")
         .arg("COUNT")
@@ -356,8 +364,9 @@ mod tests {
 
     #[test]
     fn key_uses_the_sale_hash_tag() {
-        assert_eq!(keys::outbox(42), "{sale:42}:outbox");
-        assert_eq!(keys::outbox_dead_letter(42), "{sale:42}:outbox:dead");
+        let keys = Keys::default();
+        assert_eq!(keys.outbox(42), "{sale:42}:outbox");
+        assert_eq!(keys.outbox_dead_letter(42), "{sale:42}:outbox:dead");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::metrics::{self, Table};
 
 use super::batch::{KnownUsers, classify, insert_checkouts, insert_purchases, write_bisecting};
 use super::outbox::{self, DeadReason, OutboxEntry};
+use crate::redis_client::keys::Keys;
 use super::sales::{self, SaleRow};
 use super::{CheckoutRecord, PgPool, PostgresHealth, Record};
 use crate::clock::RedisClock;
@@ -36,6 +37,8 @@ pub struct WriterConfig {
     pub flush_after: Duration,
     /// Where the purchase outboxes live.
     pub redis_url: String,
+    /// Redis key names behind the deployment's prefix.
+    pub keys: Arc<Keys>,
     /// Redis's clock as this instance tracks it: when to try closing a sale.
     pub clock: Arc<RedisClock>,
 }
@@ -617,8 +620,9 @@ impl Writer {
             // drain below leaves is all there will ever be.
             let closed = refresh && now_ms >= sale.ends_at * 1000 && self.close(&sale)?;
             more |= self.drain_sale(sale.id, full)?;
+            let keys = Arc::clone(&self.config.keys);
             let con = self.redis_now()?;
-            let left = outbox::len(con, sale.id).map_err(DrainError::Redis)?;
+            let left = outbox::len(con, &keys, sale.id).map_err(DrainError::Redis)?;
             pending += left;
             if closed {
                 self.close_out(sale.id, left)?;
@@ -634,8 +638,9 @@ impl Writer {
         let mut rounds = 0;
         loop {
             let cursor = self.cursors.get(&sale_id).cloned();
+            let keys = Arc::clone(&self.config.keys);
             let con = self.redis_now()?;
-            let batch = outbox::read(con, sale_id, cursor.as_deref(), OUTBOX_READ)
+            let batch = outbox::read(con, &keys, sale_id, cursor.as_deref(), OUTBOX_READ)
                 .map_err(DrainError::Redis)?;
             for id in &batch.malformed {
                 tracing::error!(sale_id, stream_id = %id, "malformed outbox entry");
@@ -719,8 +724,9 @@ impl Writer {
             .map(|(_, e)| e.stream_id.clone())
             .collect();
         // Delete what is committed, even when a later part failed.
+        let keys = Arc::clone(&self.config.keys);
         let con = self.redis_now()?;
-        outbox::ack(con, sale_id, &committed).map_err(DrainError::Redis)?;
+        outbox::ack(con, &keys, sale_id, &committed).map_err(DrainError::Redis)?;
         for &i in &outcome.rejected {
             self.dead_letter(sale_id, &entries[i].stream_id, DeadReason::Refused)?;
         }
@@ -743,8 +749,9 @@ impl Writer {
         stream_id: &str,
         reason: DeadReason,
     ) -> Result<(), DrainError> {
+        let keys = Arc::clone(&self.config.keys);
         let con = self.redis_now()?;
-        if outbox::move_to_dead_letter(con, sale_id, stream_id, reason)
+        if outbox::move_to_dead_letter(con, &keys, sale_id, stream_id, reason)
             .map_err(DrainError::Redis)?
         {
             self.metrics.dead_lettered(reason.as_str());
@@ -754,7 +761,7 @@ impl Writer {
                 sale_id,
                 stream_id,
                 reason = reason.as_str(),
-                key = %crate::redis_client::keys::outbox_dead_letter(sale_id),
+                key = %keys.outbox_dead_letter(sale_id),
                 "purchase moved to the dead letter: it is sold in Redis and not recorded in Postgres"
             );
         }
@@ -763,13 +770,14 @@ impl Writer {
 
     /// Counts the entries of every dead letter (the gauge, and /health).
     fn count_dead_letters(&mut self) -> Result<(), DrainError> {
+        let keys = Arc::clone(&self.config.keys);
         let con = self.redis_now()?;
-        let (entries, sales) = outbox::dead_letter_totals(con).map_err(DrainError::Redis)?;
+        let (entries, sales) = outbox::dead_letter_totals(con, &keys).map_err(DrainError::Redis)?;
         if entries != self.dead_letters && entries > 0 {
             tracing::warn!(
                 entries,
                 sales,
-                "purchases wait in dead letters ({{sale:S}}:outbox:dead); see `flashsale check`"
+                "purchases wait in dead letters (<prefix>{{sale:S}}:outbox:dead); see `flashsale check`"
             );
         }
         self.dead_letters = entries;
@@ -781,8 +789,9 @@ impl Writer {
     /// clock has passed its end (`close_sale.lua`; purchases are refused
     /// from then on). Returns whether it is closed.
     fn close(&mut self, sale: &SaleRow) -> Result<bool, DrainError> {
+        let keys = Arc::clone(&self.config.keys);
         let con = self.redis_now()?;
-        outbox::close_sale(con, sale.id, sale.ends_at).map_err(DrainError::Redis)
+        outbox::close_sale(con, &keys, sale.id, sale.ends_at).map_err(DrainError::Redis)
     }
 
     /// A closed sale's last step: once its outbox is empty, mark it drained
@@ -799,8 +808,9 @@ impl Writer {
             .map_err(|e| DrainError::Postgres(e.into()))?;
         sales::mark_drained(&mut client, sale_id).map_err(DrainError::Postgres)?;
         drop(client);
+        let keys = Arc::clone(&self.config.keys);
         let con = self.redis_now()?;
-        outbox::delete(con, sale_id).map_err(DrainError::Redis)?;
+        outbox::delete(con, &keys, sale_id).map_err(DrainError::Redis)?;
         self.sales.retain(|s| s.id != sale_id);
         self.cursors.remove(&sale_id);
         tracing::info!(sale_id, "sale outbox drained and closed out");

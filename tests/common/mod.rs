@@ -31,9 +31,27 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use simd_json::OwnedValue;
 use simd_json::prelude::*;
 
-/// Redis key names of a sale, as the server and its scripts use them.
-#[allow(unused_imports)]
-pub use flashsale::redis_client::keys;
+/// Redis key names of a sale, as a server without a key prefix (the tests'
+/// default) and its scripts use them.
+pub mod keys {
+    use flashsale::redis_client::keys::Keys;
+
+    pub fn meta(sale_id: i64) -> String {
+        Keys::default().meta(sale_id)
+    }
+    pub fn sold(sale_id: i64) -> String {
+        Keys::default().sold(sale_id)
+    }
+    pub fn user(sale_id: i64, user_id: i64) -> String {
+        Keys::default().user(sale_id, user_id)
+    }
+    pub fn code(sale_id: i64, code: &str) -> String {
+        Keys::default().code(sale_id, code)
+    }
+    pub fn outbox(sale_id: i64) -> String {
+        Keys::default().outbox(sale_id)
+    }
+}
 /// The id of item `n` of a sale, as the server numbers them.
 pub use flashsale::sale::item_id;
 
@@ -94,7 +112,7 @@ fn pg_connect(url: &str) -> postgres::Client {
         .unwrap_or_else(|e| panic!("cannot connect to Postgres at {url}: {e} (are the services up? scripts/services.sh start)"))
 }
 
-fn redis_connect(url: &str) -> redis::Connection {
+pub fn redis_connect(url: &str) -> redis::Connection {
     redis::Client::open(url)
         .and_then(|c| c.get_connection())
         .unwrap_or_else(|e| panic!("cannot connect to Redis at {url}: {e} (are the services up? scripts/services.sh start)"))
@@ -637,7 +655,20 @@ impl TestServer {
 
     /// The Redis URL (with its database) this server runs on.
     pub fn redis_url(&self) -> String {
-        format!("{}/{}", redis_base_url(), self.redis_db)
+        self.env_override("REDIS_URL")
+            .unwrap_or_else(|| format!("{}/{}", redis_base_url(), self.redis_db))
+    }
+
+    /// The Redis key prefix this server runs with (empty by default).
+    pub fn key_prefix(&self) -> String {
+        self.env_override("REDIS_KEY_PREFIX").unwrap_or_default()
+    }
+
+    fn env_override(&self, name: &str) -> Option<String> {
+        <[(String, String)]>::iter(&self.opts.env)
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     }
 
     /// The Postgres URL of this server's database.
@@ -649,8 +680,9 @@ impl TestServer {
     /// between this server's Redis and Postgres databases.
     #[track_caller]
     pub fn assert_consistent(&self, sale_id: i64) {
-        assert_consistent(
-            &format!("{}/{}", redis_base_url(), self.redis_db),
+        check_consistent(
+            &self.redis_url(),
+            &self.key_prefix(),
             &pg_url_for(&self.db_name),
             sale_id,
         );
@@ -698,10 +730,17 @@ pub fn faketime_env(offset_secs: i64) -> Vec<(String, String)> {
 /// fails the test, with the checker's report, when it finds differences.
 #[track_caller]
 pub fn assert_consistent(redis_url: &str, database_url: &str, sale_id: i64) {
+    check_consistent(redis_url, "", database_url, sale_id);
+}
+
+/// `assert_consistent` for a server whose Redis keys start with `key_prefix`.
+#[track_caller]
+pub fn check_consistent(redis_url: &str, key_prefix: &str, database_url: &str, sale_id: i64) {
     let out = services::run_bounded(
         Command::new(env!("CARGO_BIN_EXE_flashsale"))
             .args(["check", "--sale", &sale_id.to_string()])
             .env("REDIS_URL", redis_url)
+            .env("REDIS_KEY_PREFIX", key_prefix)
             .env("DATABASE_URL", database_url)
             .env("FLASHSALE_LOG", "warn"),
         Duration::from_secs(60),
