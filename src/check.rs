@@ -179,7 +179,8 @@ fn read(redis_url: &str, keys: &Keys, database_url: &str, sale_id: i64) -> Resul
     }
     snapshot.dead_letters = outbox::dead_letter_len(&mut redis, keys, sale_id)?;
     if snapshot.dead_letters > 0 {
-        snapshot.dead_letter_sample = outbox::read_dead_letter(&mut redis, keys, sale_id, DEAD_SAMPLE)?;
+        snapshot.dead_letter_sample =
+            outbox::read_dead_letter(&mut redis, keys, sale_id, DEAD_SAMPLE)?;
     }
 
     for row in pg.query(
@@ -264,8 +265,7 @@ fn differences(sale_id: i64, s: &Snapshot) -> Vec<String> {
     if s.dead_letters > 0 {
         out.push(format!(
             "{} purchase(s) in the dead letter {}: sold in redis, never recorded in postgres",
-            s.dead_letters,
-            s.dead_letter_key
+            s.dead_letters, s.dead_letter_key
         ));
         for entry in &s.dead_letter_sample {
             out.push(format!("dead letter: {entry}"));

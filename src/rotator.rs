@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use crate::clock::RedisClock;
 use crate::error::{Error, ErrorKind, Result};
-use crate::redis_client::scripts::Scripts;
 use crate::redis_client::blocking_connection;
 use crate::redis_client::keys::Keys;
+use crate::redis_client::scripts::Scripts;
 use crate::sale::schedule::{Schedule, SharedSchedule};
 use crate::sale::{SaleInfo, period_start};
 use crate::store::PgPool;

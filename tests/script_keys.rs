@@ -59,53 +59,67 @@ fn parse_monitor_line(line: &str) -> Option<Logged> {
     Some(Logged { from_script, args })
 }
 
-/// Collects every `MONITOR` line of `port` until the returned flag is set.
-fn monitor(
-    port: u16,
-) -> (
-    Arc<Mutex<Vec<String>>>,
-    Arc<Mutex<bool>>,
-    thread::JoinHandle<()>,
-) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(Mutex::new(false));
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect for MONITOR");
-    stream.write_all(b"MONITOR\r\n").expect("send MONITOR");
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut first = String::new();
-    reader.read_line(&mut first).expect("MONITOR answer");
-    assert_eq!(first.trim_end(), "+OK", "MONITOR refused: {first}");
-    let handle = {
-        let (lines, stop) = (lines.clone(), stop.clone());
-        thread::spawn(move || {
-            let mut line = String::new();
-            loop {
-                match reader.read_line(&mut line) {
-                    Ok(0) => return,
-                    Ok(_) if line.ends_with('\n') => {
-                        lines.lock().unwrap().push(line.trim_end().to_string());
-                        line.clear();
-                    }
-                    _ => {
-                        if *stop.lock().unwrap() {
-                            return;
+/// Collects every `MONITOR` line of a Redis until `finish`.
+struct Monitor {
+    lines: Arc<Mutex<Vec<String>>>,
+    stop: Arc<Mutex<bool>>,
+    watcher: thread::JoinHandle<()>,
+}
+
+impl Monitor {
+    fn start(port: u16) -> Monitor {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(Mutex::new(false));
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect for MONITOR");
+        stream.write_all(b"MONITOR\r\n").expect("send MONITOR");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut first = String::new();
+        reader.read_line(&mut first).expect("MONITOR answer");
+        assert_eq!(first.trim_end(), "+OK", "MONITOR refused: {first}");
+        let watcher = {
+            let (lines, stop) = (lines.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut line = String::new();
+                loop {
+                    match reader.read_line(&mut line) {
+                        Ok(0) => return,
+                        Ok(_) if line.ends_with('\n') => {
+                            lines.lock().unwrap().push(line.trim_end().to_string());
+                            line.clear();
+                        }
+                        _ => {
+                            if *stop.lock().unwrap() {
+                                return;
+                            }
                         }
                     }
                 }
-            }
-        })
-    };
-    (lines, stop, handle)
+            })
+        };
+        Monitor {
+            lines,
+            stop,
+            watcher,
+        }
+    }
+
+    /// Stops watching; every line seen.
+    fn finish(self) -> Vec<String> {
+        *self.stop.lock().unwrap() = true;
+        self.watcher.join().unwrap();
+        let lines = self.lines.lock().unwrap();
+        lines.clone()
+    }
 }
 
 #[test]
 fn scripts_touch_only_the_keys_they_are_given() {
     let dir = FaultDir::new();
     let redis = PrivateRedis::start(&dir);
-    let (lines, stop, watcher) = monitor(redis.port);
+    let monitor = Monitor::start(redis.port);
     let s = TestServer::start(
         Opts::default()
             .items(40)
@@ -160,9 +174,7 @@ fn scripts_touch_only_the_keys_they_are_given() {
     let code = r.json()["code"].as_str().unwrap().to_string();
     s.purchase(&code).assert_status(200);
 
-    *stop.lock().unwrap() = true;
-    watcher.join().unwrap();
-    let lines = lines.lock().unwrap().clone();
+    let lines = monitor.finish();
 
     let mut declared: Option<BTreeSet<String>> = None;
     let mut script_runs = 0;

@@ -9,8 +9,8 @@ use super::{Answer, Api, ITEM_NOT_FOUND, NO_ACTIVE_SALE, Reject, WRITER_QUEUE_FU
 use crate::http::ResponseHead;
 use crate::http::response::write_json;
 use crate::redis_client::batch::BatchCall;
-use crate::redis_client::scripts::{Script, Scripts};
 use crate::redis_client::keys::Keys;
+use crate::redis_client::scripts::{Script, Scripts};
 use crate::redis_client::texts;
 use crate::sale::code::new_code;
 use crate::sale::{CheckoutOutcome, ITEM_ID_STRIDE, SaleInfo};

@@ -114,7 +114,10 @@ mod tests {
             assert!(key.starts_with("{sale:5}:"), "{key}");
         }
         assert_eq!(keys.user(5, 9), format!("{}9", keys.user_prefix(5)));
-        assert_eq!(keys.code(5, "5-9-ab"), format!("{}5-9-ab", keys.code_prefix(5)));
+        assert_eq!(
+            keys.code(5, "5-9-ab"),
+            format!("{}5-9-ab", keys.code_prefix(5))
+        );
         assert_eq!(keys.sale_index(), "flashsale:sales");
         assert_eq!(keys.dead_letter_index(), "flashsale:dead-letters");
     }

@@ -66,8 +66,7 @@ pub fn read(
 }
 
 /// Deletes committed entries from the outbox.
-pub fn ack(con: &mut redis::Connection,
-    keys: &Keys, sale_id: i64, ids: &[String]) -> Result<()> {
+pub fn ack(con: &mut redis::Connection, keys: &Keys, sale_id: i64, ids: &[String]) -> Result<()> {
     // XDEL takes many ids; keep each command to a sane size.
     for chunk in ids.chunks(1000) {
         let _: i64 = redis::cmd("XDEL")
@@ -82,8 +81,12 @@ pub fn ack(con: &mut redis::Connection,
 /// lua/close_sale.lua; `ends_at` is Postgres's, for a sale Redis does not
 /// hold). Returns whether the sale is closed: from then on its outbox only
 /// shrinks.
-pub fn close_sale(con: &mut redis::Connection,
-    keys: &Keys, sale_id: i64, ends_at: i64) -> Result<bool> {
+pub fn close_sale(
+    con: &mut redis::Connection,
+    keys: &Keys,
+    sale_id: i64,
+    ends_at: i64,
+) -> Result<bool> {
     static SCRIPT: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(crate::redis_client::scripts::CLOSE_SALE));
     let closed: i64 = SCRIPT.key(keys.meta(sale_id)).arg(ends_at).invoke(con)?;
@@ -91,15 +94,13 @@ pub fn close_sale(con: &mut redis::Connection,
 }
 
 /// Entries still in the outbox.
-pub fn len(con: &mut redis::Connection,
-    keys: &Keys, sale_id: i64) -> Result<u64> {
+pub fn len(con: &mut redis::Connection, keys: &Keys, sale_id: i64) -> Result<u64> {
     let n: u64 = redis::cmd("XLEN").arg(keys.outbox(sale_id)).query(con)?;
     Ok(n)
 }
 
 /// Deletes the (empty) outbox of a closed-out sale.
-pub fn delete(con: &mut redis::Connection,
-    keys: &Keys, sale_id: i64) -> Result<()> {
+pub fn delete(con: &mut redis::Connection, keys: &Keys, sale_id: i64) -> Result<()> {
     let _: i64 = redis::cmd("DEL").arg(keys.outbox(sale_id)).query(con)?;
     Ok(())
 }
@@ -167,8 +168,7 @@ pub fn dead_letter_totals(con: &mut redis::Connection, keys: &Keys) -> Result<(u
 }
 
 /// Entries in one sale's dead letter.
-pub fn dead_letter_len(con: &mut redis::Connection,
-    keys: &Keys, sale_id: i64) -> Result<u64> {
+pub fn dead_letter_len(con: &mut redis::Connection, keys: &Keys, sale_id: i64) -> Result<u64> {
     let n: u64 = redis::cmd("XLEN")
         .arg(keys.outbox_dead_letter(sale_id))
         .query(con)?;

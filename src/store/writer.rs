@@ -22,11 +22,11 @@ use crate::metrics::{self, Table};
 
 use super::batch::{KnownUsers, classify, insert_checkouts, insert_purchases, write_bisecting};
 use super::outbox::{self, DeadReason, OutboxEntry};
-use crate::redis_client::keys::Keys;
 use super::sales::{self, SaleRow};
 use super::{CheckoutRecord, PgPool, PostgresHealth, Record};
 use crate::clock::RedisClock;
 use crate::redis_client::blocking_connection;
+use crate::redis_client::keys::Keys;
 
 /// The writer's knobs.
 #[derive(Debug, Clone)]
