@@ -16,6 +16,11 @@
 -- ARGV[1] user key prefix ({sale:S}:user:)
 -- ARGV[2] first item id of the sale minus one (S * stride)
 -- ARGV[3] code key prefix ({sale:S}:code:)
+-- ARGV[4] '1' when the caller waits for replicas (WAIT) after the batch:
+--         a replayed 200 then writes too (it counts the replay on the code),
+--         which moves this connection's replication offset past the
+--         original purchase, so that the WAIT covers it even on a
+--         connection that did not make it
 --
 -- Returns one reply per call, in order:
 --   {'unknown'}                                   no such code
@@ -52,6 +57,9 @@ local function purchase(code_key, user_key)
     return UNKNOWN
   end
   if c[2] then
+    if c[2] == '200' and ARGV[4] == '1' then
+      redis.call('HINCRBY', code_key, 'replays', 1)
+    end
     return {'replay', c[1], c[3], c[4], c[2], tostring(sold_total)}
   end
   if sale_ended() then

@@ -122,6 +122,7 @@ pub fn serve(config: Config) -> Result<()> {
             redis_batching: config.redis_batching(),
             scripts,
             keys: Arc::new(keys),
+            wait_replicas: config.redis_wait_replicas,
             schedule,
             clock,
             records,

@@ -104,6 +104,12 @@ pub struct Config {
           value_parser = parse_key_prefix)]
     pub redis_key_prefix: String,
 
+    /// Replicas that must confirm a purchase (`WAIT`) before it is answered 200;
+    /// fewer within the call's deadline answers 503 (a retry of the code replays it).
+    #[arg(long = "redis-wait-replicas", env = "FLASHSALE_REDIS_WAIT_REPLICAS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub redis_wait_replicas: u32,
+
     /// Postgres URL.
     #[arg(
         long = "database-url",

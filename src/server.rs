@@ -43,6 +43,8 @@ pub struct CoreSetup {
     pub redis_batching: BatchLimits,
     pub scripts: Arc<Scripts>,
     pub keys: Arc<Keys>,
+    /// Replicas that must confirm a purchase (`WAIT`) before its `200`.
+    pub wait_replicas: u32,
     pub schedule: Arc<SharedSchedule>,
     pub clock: Arc<crate::clock::RedisClock>,
     pub records: RecordSender,
@@ -193,8 +195,19 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
         setup.redis_timeout,
     );
     let metrics = registry().register_core();
+    let purchase_redis = if setup.wait_replicas > 0 {
+        RedisClient::start(
+            setup.redis.clone(),
+            setup.scripts.clone(),
+            setup.redis_timeout,
+        )
+    } else {
+        redis.clone()
+    };
     let api = Rc::new(Api::new(ApiDeps {
         redis: redis.clone(),
+        purchase_redis: purchase_redis.clone(),
+        wait_replicas: setup.wait_replicas,
         keys: setup.keys.clone(),
         schedule: setup.schedule.clone(),
         clock: setup.clock.clone(),
@@ -215,6 +228,7 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
     ));
     // Serve only once Redis answers, or after a bounded wait (then requests get 503).
     redis.wait_connected(Duration::from_secs(5)).await;
+    purchase_redis.wait_connected(Duration::from_secs(5)).await;
     let _ = ready.send(Ok(()));
 
     let open = Rc::new(Cell::new(0usize));
@@ -264,6 +278,7 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
         );
     }
     redis.stop();
+    purchase_redis.stop();
 }
 
 /// Takes the listening socket out of the listen state now. Dropping the

@@ -35,6 +35,12 @@ const RETRY_AFTER_SECS: u32 = 1;
 /// How the handlers reach everything outside the core.
 pub struct ApiDeps {
     pub redis: RedisClient,
+    /// The connection purchases run on: `redis` itself, or with replicas to
+    /// wait for a connection of their own, since a `WAIT` holds up every
+    /// later command of its connection until it answers.
+    pub purchase_redis: RedisClient,
+    /// Replicas that must confirm a purchase before it is answered `200`.
+    pub wait_replicas: u32,
     /// Redis key names behind the deployment's prefix.
     pub keys: Arc<Keys>,
     pub schedule: Arc<SharedSchedule>,
@@ -132,12 +138,14 @@ impl Api {
                 deps.redis.clone(),
                 deps.keys.clone(),
                 deps.redis_batching,
+                0,
                 observer.clone(),
             ),
             purchases: Batcher::start(
-                deps.redis.clone(),
+                deps.purchase_redis.clone(),
                 deps.keys.clone(),
                 deps.redis_batching,
+                deps.wait_replicas,
                 observer,
             ),
             schedule,

@@ -25,6 +25,9 @@ pub(super) struct PurchaseCall {
     /// The key of the user the code names; the script answers `unknown`
     /// when the code belongs to someone else.
     user_key: String,
+    /// Whether a replayed `200` makes a write of its own, so that the WAIT
+    /// behind the batch covers the original purchase (see purchase.lua).
+    confirm_replays: bool,
 }
 
 impl BatchCall for PurchaseCall {
@@ -48,7 +51,8 @@ impl BatchCall for PurchaseCall {
     fn shared_args(&self, keys: &Keys, cmd: &mut redis::Cmd) {
         cmd.arg(keys.user_prefix(self.sale_id))
             .arg(self.first_item)
-            .arg(keys.code_prefix(self.sale_id));
+            .arg(keys.code_prefix(self.sale_id))
+            .arg(if self.confirm_replays { "1" } else { "0" });
     }
 
     fn keys(&self, _keys: &Keys, cmd: &mut redis::Cmd) {
@@ -56,6 +60,15 @@ impl BatchCall for PurchaseCall {
     }
 
     fn args(&self, _cmd: &mut redis::Cmd) {}
+
+    /// A purchase answered `200`, first time or replayed: with replicas to
+    /// wait for, it is answered only once they confirmed it.
+    fn needs_replicas(reply: &redis::Value) -> bool {
+        matches!(
+            texts(reply).as_deref(),
+            Some([outcome, _, _, _, status, _]) if (*outcome == "done" || *outcome == "replay") && *status == "200"
+        )
+    }
 }
 
 const UNKNOWN_CODE: Reject = Reject::new(404, "unknown_code", "no checkout has this code");
@@ -80,6 +93,7 @@ impl Api {
                     first_item,
                     code_key: self.deps.keys.code(sale_id, code),
                     user_key: self.deps.keys.user(sale_id, user_id),
+                    confirm_replays: self.deps.wait_replicas > 0,
                 })
                 .await
                 .map_err(|e| self.redis_failed(e))?

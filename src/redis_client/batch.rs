@@ -13,7 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use local_sync::oneshot;
 use redis::{Cmd, Value};
@@ -43,6 +43,11 @@ pub trait BatchCall: 'static {
     fn shared_args(&self, keys: &Keys, cmd: &mut Cmd);
     fn keys(&self, keys: &Keys, cmd: &mut Cmd);
     fn args(&self, cmd: &mut Cmd);
+    /// Whether this reply may be answered only once replicas confirmed the
+    /// batch's writes (when the batcher waits for replicas at all).
+    fn needs_replicas(_reply: &Value) -> bool {
+        false
+    }
 }
 
 /// Batches seen, for metrics: calls each carried, and how long Redis took
@@ -62,12 +67,18 @@ struct Inner<C> {
     redis: RedisClient,
     keys: Arc<Keys>,
     observer: Arc<dyn BatchObserver>,
-    queue: RefCell<VecDeque<(C, oneshot::Sender<Result<Value>>)>>,
+    queue: RefCell<VecDeque<Queued<C>>>,
+    /// Replicas that must confirm a batch (`WAIT`) before a reply that
+    /// `needs_replicas` is answered; 0: no WAIT.
+    wait_replicas: u32,
     queued: Event,
     in_flight: Cell<usize>,
     batch_done: Event,
     limits: BatchLimits,
 }
+
+/// A queued call: the call, where its reply goes, when it was queued.
+type Queued<C> = (C, oneshot::Sender<Result<Value>>, Instant);
 
 /// How calls are grouped.
 #[derive(Debug, Clone, Copy)]
@@ -87,11 +98,13 @@ impl<C: BatchCall> Batcher<C> {
         redis: RedisClient,
         keys: Arc<Keys>,
         limits: BatchLimits,
+        wait_replicas: u32,
         observer: Arc<dyn BatchObserver>,
     ) -> Self {
         let inner = Rc::new(Inner {
             redis,
             keys,
+            wait_replicas,
             observer,
             queue: RefCell::new(VecDeque::new()),
             queued: Event::new(),
@@ -113,7 +126,10 @@ impl<C: BatchCall> Batcher<C> {
             return Err(Error::new(ErrorKind::RedisUnavailable, "redis is down"));
         }
         let (tx, rx) = oneshot::channel();
-        self.inner.queue.borrow_mut().push_back((call, tx));
+        self.inner
+            .queue
+            .borrow_mut()
+            .push_back((call, tx, Instant::now()));
         self.inner.queued.set();
         match monoio::time::timeout(self.inner.limits.timeout, rx).await {
             Ok(Ok(reply)) => reply,
@@ -148,54 +164,89 @@ async fn send_batches<C: BatchCall>(inner: Rc<Inner<C>>) {
 
 /// The longest run at the queue's front of calls of one group whose callers
 /// still wait (a caller that gave up is dropped here, not run).
-fn take_batch<C: BatchCall>(inner: &Inner<C>) -> Vec<(C, oneshot::Sender<Result<Value>>)> {
+fn take_batch<C: BatchCall>(inner: &Inner<C>) -> Vec<Queued<C>> {
     let mut queue = inner.queue.borrow_mut();
     let mut batch = Vec::with_capacity(queue.len().min(inner.limits.max_calls));
     while batch.len() < inner.limits.max_calls {
-        let Some((call, _)) = queue.front() else {
+        let Some((call, _, _)) = queue.front() else {
             break;
         };
-        if let Some((first, _)) = batch.first()
+        if let Some((first, _, _)) = batch.first()
             && call.group() != C::group(first)
         {
             break;
         }
-        let (call, tx) = queue.pop_front().expect("front exists");
-        if !tx.is_closed() {
-            batch.push((call, tx));
+        let queued = queue.pop_front().expect("front exists");
+        if !queued.1.is_closed() {
+            batch.push(queued);
         }
     }
     batch
 }
 
-async fn run_batch<C: BatchCall>(
-    inner: Rc<Inner<C>>,
-    batch: Vec<(C, oneshot::Sender<Result<Value>>)>,
-) {
+async fn run_batch<C: BatchCall>(inner: Rc<Inner<C>>, batch: Vec<Queued<C>>) {
     let script = C::script(inner.redis.scripts());
     inner.observer.batch_sent(script.name, batch.len());
-    let sent = std::time::Instant::now();
+    let sent = Instant::now();
     let keys = C::SHARED_KEYS + C::KEYS_PER_CALL * batch.len();
-    let result = inner
-        .redis
-        .eval(script, keys, |cmd| {
-            let first = &batch[0].0;
-            let keys = &*inner.keys;
-            first.shared_keys(keys, cmd);
-            for (call, _) in &batch {
-                call.keys(keys, cmd);
-            }
-            first.shared_args(keys, cmd);
-            for (call, _) in &batch {
-                call.args(cmd);
-            }
-        })
-        .await;
+    let args = |cmd: &mut Cmd| {
+        let first = &batch[0].0;
+        let keys = &*inner.keys;
+        first.shared_keys(keys, cmd);
+        for (call, _, _) in &batch {
+            call.keys(keys, cmd);
+        }
+        first.shared_args(keys, cmd);
+        for (call, _, _) in &batch {
+            call.args(cmd);
+        }
+    };
+    // With replicas to wait for, the WAIT may take what is left of the
+    // batch's earliest deadline (its callers give up then).
+    let (result, confirmation) = if inner.wait_replicas > 0 {
+        let queued = batch.iter().map(|(_, _, at)| *at).min();
+        let left = queued.map_or(inner.limits.timeout, |at| {
+            inner.limits.timeout.saturating_sub(at.elapsed())
+        });
+        match inner
+            .redis
+            .eval_and_wait(script, keys, args, inner.wait_replicas, left)
+            .await
+        {
+            Ok((value, confirmation)) => (Ok(value), Some(confirmation)),
+            Err(e) => (Err(e), None),
+        }
+    } else {
+        (inner.redis.eval(script, keys, args).await, None)
+    };
     inner.observer.batch_answered(script.name, sent.elapsed());
     match result {
         Ok(Value::Array(replies)) if replies.len() == batch.len() => {
-            for ((_, tx), reply) in batch.into_iter().zip(replies) {
-                let _ = tx.send(Ok(reply));
+            // Replies that need no confirmation are answered at once; the
+            // others once the WAIT answered, 503 when too few replicas
+            // confirmed (the script ran: the outcome is stored, a retry
+            // replays it).
+            let mut unconfirmed = Vec::new();
+            for ((_, tx, _), reply) in batch.into_iter().zip(replies) {
+                if confirmation.is_some() && C::needs_replicas(&reply) {
+                    unconfirmed.push((tx, reply));
+                } else {
+                    let _ = tx.send(Ok(reply));
+                }
+            }
+            if let Some(confirmation) = confirmation.filter(|_| !unconfirmed.is_empty()) {
+                let wanted = i64::from(inner.wait_replicas);
+                let confirmed = confirmation.replicas().await.is_ok_and(|n| n >= wanted);
+                for (tx, reply) in unconfirmed {
+                    let _ = tx.send(if confirmed {
+                        Ok(reply)
+                    } else {
+                        Err(Error::new(
+                            ErrorKind::RedisUnavailable,
+                            "too few replicas confirmed the purchase in time; its outcome is unknown",
+                        ))
+                    });
+                }
             }
         }
         Ok(_) => {
@@ -203,7 +254,7 @@ async fn run_batch<C: BatchCall>(
                 script = script.name,
                 "batched script answered the wrong shape"
             );
-            for (_, tx) in batch {
+            for (_, tx, _) in batch {
                 let _ = tx.send(Err(Error::new(
                     ErrorKind::RedisProtocol,
                     "unexpected batch reply",
@@ -211,7 +262,7 @@ async fn run_batch<C: BatchCall>(
             }
         }
         Err(e) => {
-            for (_, tx) in batch {
+            for (_, tx, _) in batch {
                 let _ = tx.send(Err(e.shared()));
             }
         }

@@ -133,6 +133,12 @@ impl RedisClient {
     /// Sends one command and waits (bounded) for its reply. A Redis error
     /// reply comes back as `Ok(Value::ServerError)` for the caller to judge.
     pub async fn query(&self, cmd: &Cmd) -> Result<Value> {
+        let pipe = self.pipe_with_room()?;
+        let reply = pipe.send(cmd);
+        self.reply(&pipe, reply, self.inner.timeout).await
+    }
+
+    fn pipe_with_room(&self) -> Result<Rc<Pipe>> {
         let Some(pipe) = self.live_pipe() else {
             return Err(Error::new(ErrorKind::RedisUnavailable, "redis is down"));
         };
@@ -142,8 +148,17 @@ impl RedisClient {
                 "too many redis calls in flight",
             ));
         }
-        let reply = pipe.send(cmd);
-        match monoio::time::timeout(self.inner.timeout, reply).await {
+        Ok(pipe)
+    }
+
+    /// Waits (bounded by `timeout`) for one reply queued on `pipe`.
+    async fn reply(
+        &self,
+        pipe: &Pipe,
+        reply: local_sync::oneshot::Receiver<conn::Reply>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        match monoio::time::timeout(timeout, reply).await {
             Ok(Ok(reply)) => {
                 pipe.note_reply();
                 reply
@@ -182,6 +197,58 @@ impl RedisClient {
         }
     }
 
+    /// Runs a script like `eval`, then `WAIT replicas <wait>` on the same
+    /// connection, sent right behind it with nothing in between: Redis
+    /// answers the WAIT once `replicas` replicas have every write this
+    /// connection made so far (the script's included), or when `wait` has
+    /// passed. Returns the script's reply as soon as it is in, and the
+    /// WAIT's answer to await (or drop) for how many replicas confirmed.
+    /// The WAIT blocks this connection in Redis until it answers, so
+    /// callers keep it for the calls that need it.
+    pub async fn eval_and_wait(
+        &self,
+        script: &Script,
+        keys: usize,
+        args: impl Fn(&mut Cmd),
+        replicas: u32,
+        wait: Duration,
+    ) -> Result<(Value, Confirmation)> {
+        // `WAIT n 0` would block forever.
+        let wait_ms = wait.as_millis().clamp(1, u128::from(u32::MAX)) as u64;
+        let mut wait_cmd = redis::cmd("WAIT");
+        wait_cmd.arg(replicas).arg(wait_ms);
+        // Redis answers the WAIT at its timeout at the latest: its reply may
+        // take that long on top of the usual bound.
+        let wait_bound = self.inner.timeout + Duration::from_millis(wait_ms);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&script.sha).arg(keys);
+        args(&mut cmd);
+        for attempt in 0..2 {
+            let pipe = self.pipe_with_room()?;
+            let script_reply = pipe.send(&cmd);
+            let wait_reply = pipe.send(&wait_cmd);
+            let value = self.reply(&pipe, script_reply, self.inner.timeout).await?;
+            let confirmed = Confirmation {
+                client: self.clone(),
+                pipe,
+                reply: wait_reply,
+                bound: wait_bound,
+            };
+            match value {
+                Value::ServerError(e)
+                    if attempt == 0 && e.kind() == Some(ServerErrorKind::NoScript) =>
+                {
+                    tracing::info!(script = script.name, "NOSCRIPT: reloading script");
+                    cmd = redis::cmd("EVAL");
+                    cmd.arg(script.body).arg(keys);
+                    args(&mut cmd);
+                }
+                other => return Ok((server_reply(other)?, confirmed)),
+            }
+        }
+        Err(Error::new(ErrorKind::RedisProtocol, "script not loaded"))
+    }
+
     /// PING, for health checks.
     pub async fn ping(&self) -> Result<()> {
         match server_reply(self.query(&redis::cmd("PING")).await?)? {
@@ -189,6 +256,31 @@ impl RedisClient {
             _ => Err(Error::new(
                 ErrorKind::RedisProtocol,
                 "unexpected PING reply",
+            )),
+        }
+    }
+}
+
+/// The pending answer of a `WAIT` sent by `RedisClient::eval_and_wait`.
+pub struct Confirmation {
+    client: RedisClient,
+    pipe: Rc<Pipe>,
+    reply: local_sync::oneshot::Receiver<conn::Reply>,
+    bound: Duration,
+}
+
+impl Confirmation {
+    /// How many replicas confirmed the connection's writes.
+    pub async fn replicas(self) -> Result<i64> {
+        let value = self
+            .client
+            .reply(&self.pipe, self.reply, self.bound)
+            .await?;
+        match server_reply(value)? {
+            Value::Int(n) => Ok(n),
+            _ => Err(Error::new(
+                ErrorKind::RedisProtocol,
+                "unexpected WAIT reply",
             )),
         }
     }

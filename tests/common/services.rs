@@ -280,17 +280,43 @@ pub struct PrivateRedis {
     pub port: u16,
     pub dir: PathBuf,
     pub log_path: PathBuf,
+    /// The master's port, for a replica.
+    replica_of: Option<u16>,
     child: Option<Child>,
 }
 
 impl PrivateRedis {
     pub fn start(dir: &FaultDir) -> PrivateRedis {
-        let data = dir.path.join("redis");
+        Self::start_named(dir, "redis", None)
+    }
+
+    /// A replica of `master` (`--replicaof`), in its own directory; returns
+    /// once it is in sync with the master.
+    pub fn start_replica(dir: &FaultDir, master: &PrivateRedis) -> PrivateRedis {
+        let replica = Self::start_named(dir, "redis-replica", Some(master.port));
+        let mut con = replica.connect();
+        let synced = wait_until(SERVICE_DEADLINE, || {
+            redis::cmd("INFO")
+                .arg("replication")
+                .query::<String>(&mut con)
+                .is_ok_and(|info| info.contains("master_link_status:up"))
+        });
+        assert!(
+            synced,
+            "replica on port {} did not sync with its master within {SERVICE_DEADLINE:?}",
+            replica.port
+        );
+        replica
+    }
+
+    fn start_named(dir: &FaultDir, name: &str, replica_of: Option<u16>) -> PrivateRedis {
+        let data = dir.path.join(name);
         fs::create_dir_all(&data).expect("create redis dir");
         let mut redis = PrivateRedis {
             port: free_port(),
             dir: data,
-            log_path: dir.log_path("redis"),
+            log_path: dir.log_path(name),
+            replica_of,
             child: None,
         };
         redis.spawn();
@@ -326,6 +352,9 @@ impl PrivateRedis {
             .args(["--save", ""])
             .args(["--daemonize", "no"])
             .args(["--databases", "4"]);
+        if let Some(master) = self.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
         let child = spawn_logged(&mut cmd, log)
             .unwrap_or_else(|e| panic!("spawn redis-server (is it installed?): {e}"));
         self.child = Some(child);

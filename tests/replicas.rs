@@ -1,0 +1,85 @@
+//! `FLASHSALE_REDIS_WAIT_REPLICAS`: a purchase is answered `200` only once
+//! that many replicas confirmed it (`WAIT`). On a private master and replica:
+//! with the replica up purchases answer 200; with the replica frozen
+//! (SIGSTOP) a purchase answers 503 (outcome unknown) and so does its retry,
+//! while checkouts go on; once the replica is back, the retry of the same
+//! code answers 200 with the same lists, and Postgres holds each purchase
+//! once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::services::*;
+use common::*;
+
+#[test]
+fn purchases_wait_for_a_replica_and_a_frozen_replica_answers_503_until_it_is_back() {
+    let dir = FaultDir::new();
+    let master = PrivateRedis::start(&dir);
+    let replica = PrivateRedis::start_replica(&dir, &master);
+    let s = TestServer::start(
+        Opts::default()
+            .items(20)
+            .limit(5)
+            .env("REDIS_URL", &master.url())
+            .env("FLASHSALE_REDIS_WAIT_REPLICAS", "1")
+            .env("FLASHSALE_REDIS_TIMEOUT_MS", "1000"),
+    );
+    let sale = s.active_sale();
+
+    // Replica up: purchases are confirmed and answered 200.
+    let code = s.checkout(1, sale.item(1)).str("code");
+    let r = s.purchase(&code);
+    r.assert_status(200);
+    assert_eq!(r.ids("purchased"), vec![sale.item(1)], "{r}");
+    s.purchase(&code).assert_status(200);
+
+    // Replica frozen: checkouts still answer (they do not wait), a purchase
+    // cannot be confirmed: 503, and its retry too.
+    signal(replica.pid(), SIGSTOP);
+    let code = s.checkout(2, sale.item(2)).str("code");
+    s.checkout(2, sale.item(3)).assert_status(200);
+    let r = s.purchase(&code);
+    r.assert_error(503, "redis_unavailable");
+    s.purchase(&code).assert_error(503, "redis_unavailable");
+    // A purchase that buys nothing is answered as usual.
+    let loser = s.checkout(3, sale.item(4)).str("code");
+    s.checkout(9, sale.item(4)).assert_status(200);
+    signal(replica.pid(), SIGCONT);
+    let winner = s.checkout(9, sale.item(5)).str("code");
+    eventually(
+        Duration::from_secs(20),
+        "the replica confirms again",
+        || s.purchase(&winner).status == 200,
+    );
+    signal(replica.pid(), SIGSTOP);
+    let r = s.purchase(&loser);
+    r.assert_error(409, "nothing_purchased");
+    signal(replica.pid(), SIGCONT);
+
+    // Replica back: the retry of the frozen purchase replays its outcome.
+    let mut last = None;
+    eventually(Duration::from_secs(20), "the retry answers 200", || {
+        let r = s.purchase(&code);
+        let ok = r.status == 200;
+        last = Some(r);
+        ok
+    });
+    let r = last.unwrap();
+    assert_eq!(r.ids("purchased"), vec![sale.item(2), sale.item(3)], "{r}");
+    assert_eq!(r.ids("unavailable"), Vec::<i64>::new(), "{r}");
+    assert_eq!(r.i64("user_id"), 2, "{r}");
+
+    // Each purchase recorded once; Redis and Postgres agree.
+    s.wait_pg_i64("SELECT count(*) FROM purchases", &[], 5);
+    assert_eq!(
+        s.pg_i64(
+            "SELECT count(*) FROM (SELECT item_id FROM purchases GROUP BY item_id HAVING count(*) > 1) d",
+            &[]
+        ),
+        0
+    );
+    assert_eq!(s.active_sale().items_sold, 5);
+    s.assert_consistent(sale.id);
+}
