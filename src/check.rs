@@ -351,6 +351,7 @@ mod tests {
         let mut s = Snapshot {
             pg_sale: Some((10, 2)),
             redis_meta: Some((10, 2, 3)),
+            dead_letter_key: Keys::default().outbox_dead_letter(7),
             ..Snapshot::default()
         };
         s.sold_bits.extend([1, 2, 5]);

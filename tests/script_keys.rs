@@ -84,17 +84,16 @@ impl Monitor {
             thread::spawn(move || {
                 let mut line = String::new();
                 loop {
+                    if *stop.lock().unwrap() {
+                        return;
+                    }
                     match reader.read_line(&mut line) {
                         Ok(0) => return,
                         Ok(_) if line.ends_with('\n') => {
                             lines.lock().unwrap().push(line.trim_end().to_string());
                             line.clear();
                         }
-                        _ => {
-                            if *stop.lock().unwrap() {
-                                return;
-                            }
-                        }
+                        _ => {}
                     }
                 }
             })
@@ -108,6 +107,8 @@ impl Monitor {
 
     /// Stops watching; every line seen.
     fn finish(self) -> Vec<String> {
+        // The last commands' lines may still be on their way.
+        thread::sleep(Duration::from_millis(500));
         *self.stop.lock().unwrap() = true;
         self.watcher.join().unwrap();
         let lines = self.lines.lock().unwrap();

@@ -19,11 +19,18 @@ pub fn check_prefix(prefix: &str) -> Result<(), &'static str> {
 }
 
 /// The key names of one deployment; built once from the configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
     sale_index: String,
     dead_letter_index: String,
+}
+
+/// The keys of a deployment without a prefix.
+impl Default for Keys {
+    fn default() -> Self {
+        Keys::new("").expect("the empty prefix is valid")
+    }
 }
 
 impl Keys {
