@@ -83,3 +83,45 @@ fn purchases_wait_for_a_replica_and_a_frozen_replica_answers_503_until_it_is_bac
     assert_eq!(s.active_sale().items_sold, 5);
     s.assert_consistent(sale.id);
 }
+
+#[test]
+fn a_retry_on_another_connection_waits_for_the_replica_too() {
+    // The retry of a purchase whose WAIT failed may reach another core,
+    // whose purchase connection last wrote before the purchase (a WAIT
+    // there covers only that connection's own writes), or another server:
+    // it must not answer 200 before the replica has the purchase either.
+    let dir = FaultDir::new();
+    let master = PrivateRedis::start(&dir);
+    let replica = PrivateRedis::start_replica(&dir, &master);
+    let first = TestServer::start(
+        Opts::default()
+            .items(20)
+            .limit(5)
+            .env("REDIS_URL", &master.url())
+            .env("FLASHSALE_REDIS_WAIT_REPLICAS", "1")
+            .env("FLASHSALE_REDIS_TIMEOUT_MS", "1000"),
+    );
+    let sale = first.active_sale();
+    let code = first.checkout(4, sale.item(6)).str("code");
+    signal(replica.pid(), SIGSTOP);
+    first.purchase(&code).assert_error(503, "redis_unavailable");
+    // Fresh connections land on either core (SO_REUSEPORT).
+    for _ in 0..8 {
+        first
+            .connect()
+            .purchase(&code)
+            .assert_error(503, "redis_unavailable");
+    }
+    let second = TestServer::start_sharing(&first);
+    second
+        .purchase(&code)
+        .assert_error(503, "redis_unavailable");
+    signal(replica.pid(), SIGCONT);
+    eventually(Duration::from_secs(20), "the retry answers 200", || {
+        second.purchase(&code).status == 200
+    });
+    let r = second.purchase(&code);
+    assert_eq!(r.ids("purchased"), vec![sale.item(6)], "{r}");
+    first.wait_pg_i64("SELECT count(*) FROM purchases", &[], 1);
+    first.assert_consistent(sale.id);
+}
