@@ -83,15 +83,7 @@ impl Api {
         }
 
         let Some(n) = sale.item_number(item_id) else {
-            self.record(
-                &sale,
-                user_id,
-                item_id,
-                None,
-                CheckoutOutcome::ItemNotFound,
-                now,
-            )?;
-            return Err(ITEM_NOT_FOUND);
+            return self.item_not_found(&sale, user_id, item_id, now);
         };
         let known_sold = {
             let mut sold = self.sold.borrow_mut();
@@ -177,17 +169,7 @@ impl Api {
             }
             // The sale closed between the clock check and the script: the item
             // is not one of the sale that is active now.
-            "closed" => {
-                self.record(
-                    &sale,
-                    user_id,
-                    item_id,
-                    None,
-                    CheckoutOutcome::ItemNotFound,
-                    now,
-                )?;
-                Err(ITEM_NOT_FOUND)
-            }
+            "closed" => self.item_not_found(&sale, user_id, item_id, now),
             "no_sale" => {
                 tracing::error!(
                     sale_id = sale.id,
@@ -200,6 +182,20 @@ impl Api {
     }
 
     /// Hands one checkout attempt to the writer; a full queue sheds the request.
+    /// Records an attempt at an item that is not one of the active sale's
+    /// and refuses it with 404.
+    fn item_not_found<T>(
+        &self,
+        sale: &SaleInfo,
+        user_id: i64,
+        item_id: i64,
+        at_ms: i64,
+    ) -> Result<T, Reject> {
+        let outcome = CheckoutOutcome::ItemNotFound;
+        self.record(sale, user_id, item_id, None, outcome, at_ms)?;
+        Err(ITEM_NOT_FOUND)
+    }
+
     fn record(
         &self,
         sale: &SaleInfo,
