@@ -108,7 +108,7 @@ function contract(data) {
   verdict('contract: checkout user_id=0 answers 400 invalid_params', isError(r.res, r.b, 400, 'invalid_params'), r.res);
   r = checkout(u - 1, HUGE, [404]);
   verdict('contract: checkout of an item not in the sale answers 404 item_not_found', isError(r.res, r.b, 404, 'item_not_found'), r.res);
-  r = purchase(`${S}-${hex32()}`, { expect: [404] });
+  r = purchase(`${S}-${u - 1}-${hex32()}`, { expect: [404] });
   verdict('contract: purchase with a code no one was given answers 404 unknown_code', isError(r.res, r.b, 404, 'unknown_code'), r.res);
 
   const items = unsoldItems(S, data.itemsTotal, USER_LIMIT + 3);
