@@ -13,19 +13,25 @@ use std::time::Duration;
 use common::services::*;
 use common::*;
 
-#[test]
-fn purchases_wait_for_a_replica_and_a_frozen_replica_answers_503_until_it_is_back() {
-    let dir = FaultDir::new();
-    let master = PrivateRedis::start(&dir);
-    let replica = PrivateRedis::start_replica(&dir, &master);
-    let s = TestServer::start(
+/// A server on `master` that answers a purchase 200 only once one replica
+/// has it (20 items, limit 5, a 1 s Redis deadline).
+fn waiting_for_one_replica(master: &PrivateRedis) -> TestServer {
+    TestServer::start(
         Opts::default()
             .items(20)
             .limit(5)
             .env("REDIS_URL", &master.url())
             .env("FLASHSALE_REDIS_WAIT_REPLICAS", "1")
             .env("FLASHSALE_REDIS_TIMEOUT_MS", "1000"),
-    );
+    )
+}
+
+#[test]
+fn purchases_wait_for_a_replica_and_a_frozen_replica_answers_503_until_it_is_back() {
+    let dir = FaultDir::new();
+    let master = PrivateRedis::start(&dir);
+    let replica = PrivateRedis::start_replica(&dir, &master);
+    let s = waiting_for_one_replica(&master);
     let sale = s.active_sale();
 
     // Replica up: purchases are confirmed and answered 200.
@@ -93,14 +99,7 @@ fn a_retry_on_another_connection_waits_for_the_replica_too() {
     let dir = FaultDir::new();
     let master = PrivateRedis::start(&dir);
     let replica = PrivateRedis::start_replica(&dir, &master);
-    let first = TestServer::start(
-        Opts::default()
-            .items(20)
-            .limit(5)
-            .env("REDIS_URL", &master.url())
-            .env("FLASHSALE_REDIS_WAIT_REPLICAS", "1")
-            .env("FLASHSALE_REDIS_TIMEOUT_MS", "1000"),
-    );
+    let first = waiting_for_one_replica(&master);
     let sale = first.active_sale();
     let code = first.checkout(4, sale.item(6)).str("code");
     signal(replica.pid(), SIGSTOP);
