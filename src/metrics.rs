@@ -359,19 +359,12 @@ impl Registry {
         );
         out.push_str("# TYPE flashsale_request_duration_seconds histogram\n");
         for route in Route::ALL {
-            let mut counts = [0u64; 16];
-            let (mut overflow, mut total_us) = (0, 0);
-            for c in &cores {
-                c.latency[route as usize].add_into(&mut counts, &mut overflow, &mut total_us);
-            }
-            write_histogram(
+            write_merged_histogram(
                 &mut out,
                 "flashsale_request_duration_seconds",
                 &format!("route=\"{}\",", route.label()),
                 &LATENCY_BOUNDS_US,
-                &counts,
-                overflow,
-                total_us,
+                cores.iter().map(|c| &c.latency[route as usize]),
                 1e6,
             );
         }
@@ -381,19 +374,12 @@ impl Registry {
         );
         out.push_str("# TYPE flashsale_redis_batch_calls histogram\n");
         for (i, script) in BATCHED_SCRIPTS.iter().enumerate() {
-            let mut counts = [0u64; 8];
-            let (mut overflow, mut total) = (0, 0);
-            for c in &cores {
-                c.redis_batch_calls[i].add_into(&mut counts, &mut overflow, &mut total);
-            }
-            write_histogram(
+            write_merged_histogram(
                 &mut out,
                 "flashsale_redis_batch_calls",
                 &format!("script=\"{script}\","),
                 &BATCH_CALL_BOUNDS,
-                &counts,
-                overflow,
-                total,
+                cores.iter().map(|c| &c.redis_batch_calls[i]),
                 1.0,
             );
         }
@@ -403,19 +389,12 @@ impl Registry {
         );
         out.push_str("# TYPE flashsale_redis_call_duration_seconds histogram\n");
         for (i, script) in BATCHED_SCRIPTS.iter().enumerate() {
-            let mut counts = [0u64; 16];
-            let (mut overflow, mut total_us) = (0, 0);
-            for c in &cores {
-                c.redis_call_latency[i].add_into(&mut counts, &mut overflow, &mut total_us);
-            }
-            write_histogram(
+            write_merged_histogram(
                 &mut out,
                 "flashsale_redis_call_duration_seconds",
                 &format!("script=\"{script}\","),
                 &LATENCY_BOUNDS_US,
-                &counts,
-                overflow,
-                total_us,
+                cores.iter().map(|c| &c.redis_call_latency[i]),
                 1e6,
             );
         }
@@ -539,43 +518,47 @@ impl Registry {
             let _ = writeln!(out, "flashsale_writer_rows_total{{table=\"{table}\"}} {n}");
         }
 
-        let mut counts = [0u64; 10];
-        let (mut overflow, mut total) = (0, 0);
-        self.writer
-            .batch_rows
-            .add_into(&mut counts, &mut overflow, &mut total);
         out.push_str("# HELP flashsale_writer_batch_rows Rows per committed batch.\n");
         out.push_str("# TYPE flashsale_writer_batch_rows histogram\n");
-        write_histogram(
+        write_merged_histogram(
             &mut out,
             "flashsale_writer_batch_rows",
             "",
             &BATCH_ROW_BOUNDS,
-            &counts,
-            overflow,
-            total,
+            [&self.writer.batch_rows],
             1.0,
         );
 
-        let mut counts = [0u64; 16];
-        let (mut overflow, mut total) = (0, 0);
-        self.writer
-            .batch_latency_us
-            .add_into(&mut counts, &mut overflow, &mut total);
         out.push_str("# HELP flashsale_writer_batch_duration_seconds Time to commit one batch.\n");
         out.push_str("# TYPE flashsale_writer_batch_duration_seconds histogram\n");
-        write_histogram(
+        write_merged_histogram(
             &mut out,
             "flashsale_writer_batch_duration_seconds",
             "",
             &LATENCY_BOUNDS_US,
-            &counts,
-            overflow,
-            total,
+            [&self.writer.batch_latency_us],
             1e6,
         );
         out
     }
+}
+
+/// Writes the sum of the copies of one histogram (each core's, or the one
+/// writer's) as one series; see `write_histogram`.
+fn write_merged_histogram<'a, const N: usize>(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[u64; N],
+    copies: impl IntoIterator<Item = &'a Histogram<N>>,
+    divisor: f64,
+) {
+    let mut counts = [0u64; N];
+    let (mut overflow, mut sum) = (0, 0);
+    for copy in copies {
+        copy.add_into(&mut counts, &mut overflow, &mut sum);
+    }
+    write_histogram(out, name, labels, bounds, &counts, overflow, sum, divisor);
 }
 
 /// Writes one histogram series; `labels` is empty or ends with a comma;
