@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command:
 #   scripts/test.sh [extra args for cargo test]     e.g. scripts/test.sh -- --nocapture
-# Stages: services (local Redis + PostgreSQL), k6, rustfmt, clippy, cargo test.
+# Stages: services (local Redis + PostgreSQL, the local Redis Cluster), k6, rustfmt, clippy, cargo test.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -24,6 +24,15 @@ export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}}"
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://flashsale@127.0.0.1:${PG_PORT:-5432}/postgres}"
 echo "TEST_REDIS_URL=$TEST_REDIS_URL"
 echo "TEST_DATABASE_URL=$TEST_DATABASE_URL"
+
+# The local Redis Cluster for the cluster tests (tests/cluster_*.rs), which find its
+# seed list in TEST_REDIS_CLUSTER_URL.
+stage "services: scripts/services.sh cluster-start"
+cluster_out="$(bash scripts/services.sh cluster-start)"
+echo "$cluster_out"
+cluster_url="$(sed -n 's/^REDIS_URL=//p' <<<"$cluster_out" | tail -n1)"
+export TEST_REDIS_CLUSTER_URL="${TEST_REDIS_CLUSTER_URL:-$cluster_url}"
+echo "TEST_REDIS_CLUSTER_URL=$TEST_REDIS_CLUSTER_URL"
 
 # k6 for the smoke test (tests/k6_smoke.rs), which finds it through FLASHSALE_K6.
 stage "k6: scripts/bench-tools.sh --k6"

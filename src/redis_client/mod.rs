@@ -9,6 +9,7 @@ pub mod conn;
 pub mod keys;
 pub mod resp;
 pub mod scripts;
+pub mod seeds;
 
 use std::cell::RefCell;
 use std::rc::Rc;
