@@ -25,7 +25,11 @@
 -- ARGV[1] expire-at for new user and code keys (Unix ms)
 -- ARGV[2] first item id of the sale minus one (S * stride)
 -- ARGV[3] user key prefix ({sale:S}:user:)  ARGV[4] code key prefix ({sale:S}:code:)
---   then per call i: ARGV[4+i] the item number (1-based)
+-- ARGV[5] fence: the id of the Redis Cluster node the caller believes owns
+--         the sale's slot ('' on a single node: no fence); when meta's
+--         `node` differs, the sale's state may have been lost in a failover
+--         and is not used until a reconcile stamped the new node's id
+--   then per call i: ARGV[5+i] the item number (1-based)
 -- (User id, item id and code are read from the keys and the number, so a
 -- call carries three strings, not six. Lua numbers are doubles: item ids
 -- are exact below 2^53, as in purchase.lua.)
@@ -36,16 +40,19 @@
 --   limit    bought + items in the checkout would pass the limit
 --   closed   the sale is not open by Redis's clock, or was closed
 --   no_sale  the sale does not exist in Redis
+--   fenced   the sale's state is fenced (ARGV[5]), nothing was done
 
 local calls = (#KEYS - 2) / 2
 local replies = {}
 
-local meta = redis.call('HMGET', KEYS[1], 'starts_at', 'ends_at', 'limit', 'closed')
+local meta = redis.call('HMGET', KEYS[1], 'starts_at', 'ends_at', 'limit', 'closed', 'node')
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local refusal
 if not meta[1] then
   refusal = {'no_sale', '', ''}
+elseif ARGV[5] ~= '' and meta[5] ~= ARGV[5] then
+  refusal = {'fenced', '', ''}
 elseif meta[4] or now < tonumber(meta[1]) * 1000 or now >= tonumber(meta[2]) * 1000 then
   refusal = {'closed', '', ''}
 end
@@ -103,6 +110,6 @@ local function checkout(user_key, code_key, number)
 end
 
 for i = 1, calls do
-  replies[i] = checkout(KEYS[1 + 2 * i], KEYS[2 + 2 * i], tonumber(ARGV[4 + i]))
+  replies[i] = checkout(KEYS[1 + 2 * i], KEYS[2 + 2 * i], tonumber(ARGV[5 + i]))
 end
 return replies

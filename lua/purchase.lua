@@ -21,15 +21,26 @@
 --         which moves this connection's replication offset past the
 --         original purchase, so that the WAIT covers it even on a
 --         connection that did not make it
+-- ARGV[5] fence: the id of the Redis Cluster node the caller believes owns
+--         the sale's slot ('' on a single node: no fence); when meta's
+--         `node` differs, every call answers {'fenced'} and nothing is done
 --
 -- Returns one reply per call, in order:
+--   {'fenced'}                                    the sale's state is fenced (ARGV[5])
 --   {'unknown'}                                   no such code
 --   {'ended', user}                               the sale is over, nothing bought
 --   {'done', user, purchased_csv, unavailable_csv, status, sold_total}
 --     status '200' when something was bought, '409' when nothing could be;
 --   {'replay', ...same fields...}                  a retry: the stored outcome, unchanged
 
-local meta = redis.call('HMGET', KEYS[1], 'ends_at', 'limit', 'sold', 'closed')
+local meta = redis.call('HMGET', KEYS[1], 'ends_at', 'limit', 'sold', 'closed', 'node')
+if ARGV[5] ~= '' and meta[5] ~= ARGV[5] then
+  local replies = {}
+  for i = 1, (#KEYS - 3) / 2 do
+    replies[i] = {'fenced'}
+  end
+  return replies
+end
 -- Redis's time (Unix ms, as a string) and whether the sale has ended, read
 -- once, when the first call of the batch needs them (replays and unknown
 -- codes do not).

@@ -43,11 +43,12 @@ impl BatchCall for CheckoutCall {
             .arg(keys.sold(self.sale_id));
     }
 
-    fn shared_args(&self, keys: &Keys, cmd: &mut redis::Cmd) {
+    fn shared_args(&self, keys: &Keys, fence: &str, cmd: &mut redis::Cmd) {
         cmd.arg(self.expire_at_ms)
             .arg(self.sale_id * ITEM_ID_STRIDE)
             .arg(keys.user_prefix(self.sale_id))
-            .arg(keys.code_prefix(self.sale_id));
+            .arg(keys.code_prefix(self.sale_id))
+            .arg(fence);
     }
 
     fn keys(&self, keys: &Keys, cmd: &mut redis::Cmd) {
@@ -170,6 +171,7 @@ impl Api {
             // The sale closed between the clock check and the script: the item
             // is not one of the sale that is active now.
             "closed" => self.item_not_found(&sale, user_id, item_id, now),
+            "fenced" => Err(self.fenced(sale.id)),
             "no_sale" => {
                 tracing::error!(
                     sale_id = sale.id,

@@ -98,6 +98,14 @@ pub const REDIS_UNAVAILABLE: Reject = Reject::new(
     "redis_unavailable",
     "the sale store is unavailable; retry shortly",
 );
+/// The sale's Redis state is fenced: its slot moved to another node (a
+/// failover or a migration) and the state is not used until it has been
+/// reconciled with what Postgres recorded.
+pub const SALE_FENCED: Reject = Reject::new(
+    503,
+    "redis_unavailable",
+    "the sale store moved to another node and is being reconciled; retry shortly",
+);
 /// Parameters sent in a form body instead of the query string.
 pub const PARAMS_IN_BODY: Reject = Reject::new(
     400,
@@ -184,6 +192,16 @@ impl Api {
         }
         self.in_flight.set(n + 1);
         Ok(InFlight(&self.in_flight))
+    }
+
+    /// A script refused to run on a node its sale's state was not
+    /// reconciled on.
+    fn fenced(&self, sale_id: i64) -> Reject {
+        tracing::warn!(
+            sale_id,
+            "sale state fenced on its redis node: waiting for the reconcile"
+        );
+        SALE_FENCED
     }
 
     fn redis_failed(&self, e: Error) -> Reject {

@@ -48,11 +48,12 @@ impl BatchCall for PurchaseCall {
             .arg(keys.outbox(self.sale_id));
     }
 
-    fn shared_args(&self, keys: &Keys, cmd: &mut redis::Cmd) {
+    fn shared_args(&self, keys: &Keys, fence: &str, cmd: &mut redis::Cmd) {
         cmd.arg(keys.user_prefix(self.sale_id))
             .arg(self.first_item)
             .arg(keys.code_prefix(self.sale_id))
-            .arg(if self.confirm_replays { "1" } else { "0" });
+            .arg(if self.confirm_replays { "1" } else { "0" })
+            .arg(fence);
     }
 
     fn keys(&self, _keys: &Keys, cmd: &mut redis::Cmd) {
@@ -100,6 +101,7 @@ impl Api {
         };
         let fields = texts(&reply).ok_or(super::INTERNAL)?;
         match fields.as_slice() {
+            ["fenced"] => Err(self.fenced(sale_id)),
             ["unknown"] => Err(UNKNOWN_CODE),
             ["ended", _user] => Err(SALE_ENDED),
             [

@@ -39,8 +39,11 @@ pub trait BatchCall: 'static {
     fn group(&self) -> i64;
     /// The shared keys, taken from the batch's first call.
     fn shared_keys(&self, keys: &Keys, cmd: &mut Cmd);
-    /// The shared arguments, taken from the batch's first call.
-    fn shared_args(&self, keys: &Keys, cmd: &mut Cmd);
+    /// The shared arguments, taken from the batch's first call; `fence` is
+    /// the id of the Redis node the batch goes to ('' on a single node),
+    /// for scripts that refuse to run on a node other than the one their
+    /// sale's state was last reconciled on.
+    fn shared_args(&self, keys: &Keys, fence: &str, cmd: &mut Cmd);
     fn keys(&self, keys: &Keys, cmd: &mut Cmd);
     fn args(&self, cmd: &mut Cmd);
     /// Whether this reply may be answered only once replicas confirmed the
@@ -189,14 +192,14 @@ async fn run_batch<C: BatchCall>(inner: Rc<Inner<C>>, batch: Vec<Queued<C>>) {
     inner.observer.batch_sent(script.name, batch.len());
     let sent = Instant::now();
     let keys = C::SHARED_KEYS + C::KEYS_PER_CALL * batch.len();
-    let args = |cmd: &mut Cmd| {
+    let args = |cmd: &mut Cmd, fence: &str| {
         let first = &batch[0].0;
         let keys = &*inner.keys;
         first.shared_keys(keys, cmd);
         for (call, _, _) in &batch {
             call.keys(keys, cmd);
         }
-        first.shared_args(keys, cmd);
+        first.shared_args(keys, fence, cmd);
         for (call, _, _) in &batch {
             call.args(cmd);
         }

@@ -176,22 +176,24 @@ impl RedisClient {
     }
 
     /// Runs a script with EVALSHA; on NOSCRIPT resends it with EVAL (which
-    /// also caches it). `args` adds the keys and then the arguments.
+    /// also caches it). `args` adds the keys and then the arguments; it is
+    /// given the fence of the node the call goes to ('' on a single node).
     pub async fn eval(
         &self,
         script: &Script,
         keys: usize,
-        args: impl Fn(&mut Cmd),
+        args: impl Fn(&mut Cmd, &str),
     ) -> Result<Value> {
+        let fence = "";
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&script.sha).arg(keys);
-        args(&mut cmd);
+        args(&mut cmd, fence);
         match self.query(&cmd).await? {
             Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript) => {
                 tracing::info!(script = script.name, "NOSCRIPT: reloading script");
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(script.body).arg(keys);
-                args(&mut cmd);
+                args(&mut cmd, fence);
                 server_reply(self.query(&cmd).await?)
             }
             other => server_reply(other),
@@ -210,7 +212,7 @@ impl RedisClient {
         &self,
         script: &Script,
         keys: usize,
-        args: impl Fn(&mut Cmd),
+        args: impl Fn(&mut Cmd, &str),
         replicas: u32,
         wait: Duration,
     ) -> Result<(Value, Confirmation)> {
@@ -221,9 +223,10 @@ impl RedisClient {
         // Redis answers the WAIT at its timeout at the latest: its reply may
         // take that long on top of the usual bound.
         let wait_bound = self.inner.timeout + Duration::from_millis(wait_ms);
+        let fence = "";
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&script.sha).arg(keys);
-        args(&mut cmd);
+        args(&mut cmd, fence);
         for attempt in 0..2 {
             let pipe = self.pipe_with_room()?;
             let script_reply = pipe.send(&cmd);
@@ -242,7 +245,7 @@ impl RedisClient {
                     tracing::info!(script = script.name, "NOSCRIPT: reloading script");
                     cmd = redis::cmd("EVAL");
                     cmd.arg(script.body).arg(keys);
-                    args(&mut cmd);
+                    args(&mut cmd, fence);
                 }
                 other => return Ok((server_reply(other)?, confirmed)),
             }
