@@ -14,8 +14,10 @@ use crate::clock::RedisClock;
 use crate::config::{Cli, Command, Config};
 use crate::error::Result;
 use crate::http::Limits;
-use crate::redis_client::RedisTarget;
+use crate::redis_client::RedisBackend;
 use crate::redis_client::scripts::Scripts;
+use crate::redis_client::seeds::{RedisMode, RedisSeeds, detect_mode};
+use crate::redis_client::topology::Topology;
 use crate::sale::schedule::SharedSchedule;
 use crate::store::PostgresHealth;
 use crate::{check, error, logging, rotator, server, store};
@@ -62,7 +64,8 @@ pub fn serve(config: Config) -> Result<()> {
         "core IO driver"
     );
 
-    let redis = RedisTarget::parse(&config.redis_url)?;
+    let (redis_mode, redis) = redis_backend(&config, &stop)?;
+    tracing::info!(mode = redis_mode.name(), "redis");
     let pool = store::pool(&config.database_url, config.pg_pool_size)?;
     let migrated = migrate_if_postgres_is_up(&pool, &stop);
 
@@ -195,6 +198,42 @@ impl ShutdownPlan {
             total,
         }
     }
+}
+
+/// Which Redis the cores talk to: the seeds of `REDIS_URL`, and whether they
+/// are a Redis Cluster, asked from the first seed that answers within a few
+/// seconds. When none does, the server starts anyway (requests get 503
+/// until Redis is back) and takes one seed for a single node, several for a
+/// cluster.
+fn redis_backend(config: &Config, stop: &AtomicBool) -> Result<(RedisMode, RedisBackend)> {
+    let seeds = RedisSeeds::parse(&config.redis_url)?;
+    let timeout = config.redis_timeout().max(Duration::from_secs(1));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut backoff = Duration::from_millis(100);
+    let mode = loop {
+        match detect_mode(&seeds, timeout) {
+            Ok(mode) => break mode,
+            Err(e) if e.kind() == error::ErrorKind::Config => return Err(e),
+            Err(e) if Instant::now() >= deadline || stop.load(Ordering::Relaxed) => {
+                let mode = if seeds.targets.len() > 1 {
+                    RedisMode::Cluster
+                } else {
+                    RedisMode::Single
+                };
+                tracing::warn!(error = %e, assumed = mode.name(), "redis unavailable at start; starting without it");
+                break mode;
+            }
+            Err(_) => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    };
+    let backend = match mode {
+        RedisMode::Single => RedisBackend::Single(seeds.first().clone()),
+        RedisMode::Cluster => RedisBackend::Cluster(Topology::start(&seeds, timeout)?),
+    };
+    Ok((mode, backend))
 }
 
 /// Applies migrations if Postgres answers within a few seconds. Otherwise the

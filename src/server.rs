@@ -24,7 +24,7 @@ use crate::metrics::registry;
 use crate::redis_client::batch::BatchLimits;
 use crate::redis_client::keys::Keys;
 use crate::redis_client::scripts::Scripts;
-use crate::redis_client::{RedisClient, RedisTarget};
+use crate::redis_client::{RedisBackend, RedisClient};
 use crate::sale::schedule::SharedSchedule;
 use crate::store::{PostgresHealth, RecordSender};
 
@@ -38,7 +38,7 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(25);
 pub struct CoreSetup {
     pub driver: CoreDriver,
     pub listen: SocketAddr,
-    pub redis: RedisTarget,
+    pub redis: RedisBackend,
     pub redis_timeout: Duration,
     pub redis_batching: BatchLimits,
     pub scripts: Arc<Scripts>,

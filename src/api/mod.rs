@@ -209,13 +209,13 @@ impl Api {
         e.into()
     }
 
-    /// One Redis command; failures are counted and become rejections, and an
-    /// error reply is an error.
-    async fn redis_query(&self, cmd: &redis::Cmd) -> Result<redis::Value, Reject> {
+    /// One Redis command on sale `sale_id`'s keys; failures are counted and
+    /// become rejections, and an error reply is an error.
+    async fn redis_query(&self, sale_id: i64, cmd: &redis::Cmd) -> Result<redis::Value, Reject> {
         let value = self
             .deps
             .redis
-            .query(cmd)
+            .query(Keys::sale_slot(sale_id), cmd)
             .await
             .map_err(|e| self.redis_failed(e))?;
         server_reply(value).map_err(Reject::from)
@@ -295,7 +295,9 @@ impl Api {
             sold.track(&sale);
         }
         let cmd = redis::cmd("GET").arg(self.deps.keys.sold(sale.id)).clone();
-        if let Ok(redis::Value::BulkString(bitmap)) = self.deps.redis.query(&cmd).await {
+        if let Ok(redis::Value::BulkString(bitmap)) =
+            self.deps.redis.query(Keys::sale_slot(sale.id), &cmd).await
+        {
             // The map may track the next sale by now: then this is ignored.
             self.sold.borrow_mut().merge_redis_bitmap(sale.id, &bitmap);
         }

@@ -83,7 +83,7 @@ impl Api {
                     .arg(first / 8)
                     .arg((last - 1) / 8)
                     .clone();
-                match self.redis_query(&cmd).await? {
+                match self.redis_query(sale_id, &cmd).await? {
                     Value::BulkString(bytes) => bytes,
                     _ => Vec::new(),
                 }
@@ -133,7 +133,7 @@ impl Api {
             .arg(self.deps.keys.meta(sale_id))
             .arg(field)
             .clone();
-        let value = self.redis_query(&cmd).await?;
+        let value = self.redis_query(sale_id, &cmd).await?;
         redis::from_redis_value(value).map_err(|_| super::INTERNAL)
     }
 

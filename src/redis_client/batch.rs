@@ -34,8 +34,9 @@ pub trait BatchCall: 'static {
     const SHARED_KEYS: usize;
 
     fn script(scripts: &Scripts) -> &Script;
-    /// Calls share a batch only within one group (one sale: one hash slot,
-    /// and the shared keys and arguments are the sale's).
+    /// Calls share a batch only within one group: one sale, so one hash
+    /// slot (`Keys::sale_slot` of the group), and the shared keys and
+    /// arguments are the sale's.
     fn group(&self) -> i64;
     /// The shared keys, taken from the batch's first call.
     fn shared_keys(&self, keys: &Keys, cmd: &mut Cmd);
@@ -125,7 +126,7 @@ impl<C: BatchCall> Batcher<C> {
 
     /// Runs one call in the next batch and returns its reply.
     pub async fn call(&self, call: C) -> Result<Value> {
-        if !self.inner.redis.is_connected() {
+        if !self.inner.redis.can_reach(Keys::sale_slot(call.group())) {
             return Err(Error::new(ErrorKind::RedisUnavailable, "redis is down"));
         }
         let (tx, rx) = oneshot::channel();
@@ -192,6 +193,7 @@ async fn run_batch<C: BatchCall>(inner: Rc<Inner<C>>, batch: Vec<Queued<C>>) {
     inner.observer.batch_sent(script.name, batch.len());
     let sent = Instant::now();
     let keys = C::SHARED_KEYS + C::KEYS_PER_CALL * batch.len();
+    let slot = Keys::sale_slot(batch[0].0.group());
     let args = |cmd: &mut Cmd, fence: &str| {
         let first = &batch[0].0;
         let keys = &*inner.keys;
@@ -213,14 +215,14 @@ async fn run_batch<C: BatchCall>(inner: Rc<Inner<C>>, batch: Vec<Queued<C>>) {
         });
         match inner
             .redis
-            .eval_and_wait(script, keys, args, inner.wait_replicas, left)
+            .eval_and_wait(slot, script, keys, args, inner.wait_replicas, left)
             .await
         {
             Ok((value, confirmation)) => (Ok(value), Some(confirmation)),
             Err(e) => (Err(e), None),
         }
     } else {
-        (inner.redis.eval(script, keys, args).await, None)
+        (inner.redis.eval(slot, script, keys, args).await, None)
     };
     inner.observer.batch_answered(script.name, sent.elapsed());
     match result {

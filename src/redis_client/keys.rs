@@ -6,6 +6,8 @@
 //! alone, and one sale lives in one Redis Cluster slot. The layout is
 //! described in lua/checkout.lua.
 
+use std::io::Write;
+
 /// Why a key prefix is refused.
 pub const PREFIX_BRACES: &str = "may not contain '{' or '}': Redis Cluster hashes a key from its first '{' to the next '}', so a brace in the prefix would move every sale into one slot";
 
@@ -47,6 +49,16 @@ impl Keys {
     /// What every key starts with.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The Redis Cluster hash slot of every key of sale `sale_id` (the slot
+    /// of its hash tag `sale:S`).
+    pub fn sale_slot(sale_id: i64) -> u16 {
+        let mut tag = [0u8; 32];
+        let mut w = &mut tag[..];
+        let _ = write!(w, "sale:{sale_id}");
+        let len = 32 - w.len();
+        super::topology::key_slot(&tag[..len])
     }
 
     pub fn meta(&self, sale_id: i64) -> String {
@@ -146,6 +158,22 @@ mod tests {
         }
         assert_eq!(keys.sale_index(), "shop-a:flashsale:sales");
         assert_eq!(keys.dead_letter_index(), "shop-a:flashsale:dead-letters");
+    }
+
+    #[test]
+    fn a_sales_slot_is_its_keys_slot() {
+        let keys = Keys::new("shop-a:").unwrap();
+        for sale in [1, 42, 493_000, i64::MAX] {
+            let slot = Keys::sale_slot(sale);
+            for key in [keys.meta(sale), keys.user(sale, 7), keys.outbox(sale)] {
+                assert_eq!(
+                    super::super::topology::key_slot(key.as_bytes()),
+                    slot,
+                    "{key}"
+                );
+            }
+        }
+        assert_eq!(Keys::sale_slot(1), 4774);
     }
 
     #[test]
