@@ -58,7 +58,7 @@ impl Keys {
         let mut w = &mut tag[..];
         let _ = write!(w, "sale:{sale_id}");
         let len = 32 - w.len();
-        super::topology::key_slot(&tag[..len])
+        super::cluster::key_slot(&tag[..len])
     }
 
     pub fn meta(&self, sale_id: i64) -> String {
@@ -167,7 +167,7 @@ mod tests {
             let slot = Keys::sale_slot(sale);
             for key in [keys.meta(sale), keys.user(sale, 7), keys.outbox(sale)] {
                 assert_eq!(
-                    super::super::topology::key_slot(key.as_bytes()),
+                    super::super::cluster::key_slot(key.as_bytes()),
                     slot,
                     "{key}"
                 );

@@ -1,7 +1,7 @@
 //! The per-core Redis client: pipelined connections over monoio's own
 //! TcpStream (the redis crate builds commands and parses replies; its IO is
 //! not used on cores): one to a single node, or one per master of a Redis
-//! Cluster, routed by the slot map (`topology`), following `MOVED` and `ASK`
+//! Cluster, routed by the slot map (`cluster`), following `MOVED` and `ASK`
 //! and retrying `TRYAGAIN` / `CLUSTERDOWN` within the call's deadline. Every
 //! call has a deadline. While a node's connection is down, calls to it fail
 //! at once (circuit breaker) and a background task reconnects with
@@ -9,12 +9,12 @@
 //! node that said it.
 
 pub mod batch;
+pub mod cluster;
 pub mod conn;
 pub mod keys;
 pub mod resp;
 pub mod scripts;
 pub mod seeds;
-pub mod topology;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use redis::{Cmd, IntoConnectionInfo, ServerErrorKind, Value};
 
+use self::cluster::{SlotMap, Topology};
 use self::conn::Pipe;
 use self::scripts::{Script, Scripts};
-use self::topology::{SlotMap, Topology};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 
