@@ -61,8 +61,13 @@ pub struct SlotMap {
 impl SlotMap {
     /// The master that owns `slot`, if one does.
     pub fn master(&self, slot: u16) -> Option<&MasterNode> {
+        self.masters.get(self.master_index(slot)?)
+    }
+
+    /// The position in `masters()` of the master that owns `slot`.
+    pub fn master_index(&self, slot: u16) -> Option<usize> {
         let idx = *self.owner.get(slot as usize)?;
-        self.masters.get(idx as usize)
+        (idx != NO_NODE).then_some(idx as usize)
     }
 
     pub fn masters(&self) -> &[MasterNode] {

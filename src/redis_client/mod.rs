@@ -89,6 +89,8 @@ pub struct RedisClient {
 
 struct Inner {
     routes: Routes,
+    /// The fence of a single node: none.
+    no_fence: Rc<str>,
     scripts: Arc<Scripts>,
     timeout: Duration,
     stop: Event,
@@ -162,6 +164,7 @@ impl RedisClient {
         let client = RedisClient {
             inner: Rc::new(Inner {
                 routes,
+                no_fence: Rc::from(""),
                 scripts,
                 timeout,
                 stop,
@@ -419,12 +422,12 @@ impl RedisClient {
     /// whether to send ASKING first.
     fn resolve(&self, slot: u16, hop: &Hop) -> Result<(Rc<Node>, Rc<str>, bool)> {
         match &self.inner.routes {
-            Routes::Single(node) => Ok((node.clone(), Rc::from(""), false)),
+            Routes::Single(node) => Ok((node.clone(), self.inner.no_fence.clone(), false)),
             Routes::Cluster(cluster) => {
                 let owner = self.owner(cluster, slot);
                 let fence = owner
                     .as_ref()
-                    .map_or_else(|| Rc::from(""), |(_, id)| id.clone());
+                    .map_or_else(|| self.inner.no_fence.clone(), |(_, id)| id.clone());
                 match hop {
                     Hop::Owner => match owner {
                         Some((node, id)) => Ok((node, id, false)),
@@ -446,11 +449,7 @@ impl RedisClient {
     fn owner(&self, cluster: &ClusterRoutes, slot: u16) -> Option<(Rc<Node>, Rc<str>)> {
         self.refresh_seen(cluster);
         let seen = cluster.seen.borrow();
-        let master = seen.map.master(slot)?;
-        seen.masters
-            .iter()
-            .find(|(node, _)| node.target.host == master.host && node.target.port == master.port)
-            .cloned()
+        seen.masters.get(seen.map.master_index(slot)?).cloned()
     }
 
     /// Picks up a newer slot map: opens connections to new masters and
