@@ -762,6 +762,20 @@ mod tests {
     }
 
     #[test]
+    fn redirects_name_their_target() {
+        assert_eq!(
+            redirect_addr(Some("3999 10.0.0.2:7001"), "h").unwrap(),
+            "10.0.0.2:7001"
+        );
+        // An empty host (an unknown endpoint) is the answering node's host.
+        assert_eq!(redirect_addr(Some("3999 :7001"), "h").unwrap(), "h:7001");
+        assert!(redirect_addr(Some("3999"), "h").is_err());
+        assert!(redirect_addr(None, "h").is_err());
+        assert_eq!(split_addr("10.0.0.2:7001"), ("10.0.0.2", 7001));
+        assert_eq!(split_addr("::1:7001"), ("::1", 7001));
+    }
+
+    #[test]
     fn lua_replies_read_as_text() {
         let v = Value::Array(vec![
             Value::BulkString(b"ok".to_vec()),
