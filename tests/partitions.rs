@@ -178,10 +178,10 @@ fn version_1_with_rows(pg: &mut postgres::Client) {
 #[test]
 fn a_version_1_database_keeps_its_rows_when_two_instances_convert_it() {
     let opts = Opts::default();
-    let (redis_db, db_name) = TestServer::prepare_data(&opts, version_1_with_rows);
+    let (redis_space, db_name) = TestServer::prepare_data(&opts, version_1_with_rows);
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| TestServer::start_on(opts.clone(), redis_db, &db_name, true));
-        let b = s.spawn(|| TestServer::start_on(opts.clone(), redis_db, &db_name, false));
+        let a = s.spawn(|| TestServer::start_on(opts.clone(), &redis_space, &db_name, true));
+        let b = s.spawn(|| TestServer::start_on(opts.clone(), &redis_space, &db_name, false));
         (a.join().unwrap(), b.join().unwrap())
     });
     let kind = a.pg_i64(

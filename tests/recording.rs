@@ -47,10 +47,7 @@ fn check(server: &TestServer, sale_id: i64) -> (Option<i32>, String) {
     let out = common::services::run_bounded(
         Command::new(env!("CARGO_BIN_EXE_flashsale"))
             .args(["check", "--sale", &sale_id.to_string()])
-            .env(
-                "REDIS_URL",
-                format!("{}/{}", redis_base_url(), server.redis_db),
-            )
+            .env("REDIS_URL", server.redis_url())
             .env("DATABASE_URL", pg_url_for(&server.db_name))
             .env("FLASHSALE_LOG", "warn"),
         Duration::from_secs(60),

@@ -116,11 +116,11 @@ fn a_server_started_just_before_a_boundary_has_a_sale_from_its_first_answer() {
     const PERIOD_MS: i64 = 2000;
     let opts = Opts::default().period(2).items(5000);
     for before_boundary_ms in [500, 350, 200, 50] {
-        let (redis_db, db_name) = TestServer::prepare_data(&opts, |_| {});
+        let (redis_space, db_name) = TestServer::prepare_data(&opts, |_| {});
         let wait =
             (PERIOD_MS - before_boundary_ms - now_ms().rem_euclid(PERIOD_MS)).rem_euclid(PERIOD_MS);
         std::thread::sleep(Duration::from_millis(wait as u64));
-        let s = TestServer::start_on(opts.clone(), redis_db, &db_name, true);
+        let s = TestServer::start_on(opts.clone(), &redis_space, &db_name, true);
         // Reads across the boundary and well past the start-up.
         let end = Instant::now() + Duration::from_millis(1500);
         let mut reads = 0;

@@ -2,6 +2,12 @@
 //! its own Redis database and its own Postgres database, and speaks HTTP/1.1 to
 //! it over plain `TcpStream`s.
 //!
+//! On a Redis Cluster (`Opts::on_cluster`, or every server by default when
+//! `FLASHSALE_TEST_REDIS=cluster`) a server gets a key prefix of its own
+//! (`REDIS_KEY_PREFIX`) instead of a database number, on the cluster at
+//! `TEST_REDIS_CLUSTER_URL` (default: the local cluster of
+//! `scripts/services.sh cluster-start`, 127.0.0.1:7000-7005).
+//!
 //! Environment: `TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) and
 //! `TEST_DATABASE_URL` (admin URL, default
 //! `postgres://flashsale@127.0.0.1:5432/postgres`). Set `FLASHSALE_TEST_KEEP=1`
@@ -12,6 +18,8 @@
 
 #![allow(dead_code)]
 
+/// Redis Cluster: a private cluster to break, the shared one, connections.
+pub mod cluster;
 /// A proxy that holds Redis's replies back, for interleaving tests.
 pub mod proxy;
 /// Private Redis and Postgres instances for the fault-injection tests.
@@ -112,6 +120,84 @@ fn pg_connect(url: &str) -> postgres::Client {
         .unwrap_or_else(|e| panic!("cannot connect to Postgres at {url}: {e} (are the services up? scripts/services.sh start)"))
 }
 
+/// Where a test server keeps its Redis state: a database of its own on the
+/// single node, or a key prefix of its own on a Redis Cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisSpace {
+    Db(i64),
+    Prefix { seed_url: String, prefix: String },
+}
+
+impl RedisSpace {
+    /// A fresh space: a flushed database, or an unused prefix on the cluster
+    /// at `cluster` (a seed list).
+    fn alloc(cluster: Option<&str>) -> RedisSpace {
+        match cluster {
+            None => RedisSpace::Db(alloc_redis_db()),
+            Some(seed_url) => RedisSpace::Prefix {
+                seed_url: seed_url.to_string(),
+                prefix: cluster::alloc_prefix(seed_url),
+            },
+        }
+    }
+
+    /// The server's `REDIS_URL`.
+    pub fn url(&self) -> String {
+        match self {
+            RedisSpace::Db(db) => format!("{}/{db}", redis_base_url()),
+            RedisSpace::Prefix { seed_url, .. } => seed_url.clone(),
+        }
+    }
+
+    /// The server's `REDIS_KEY_PREFIX` (empty on its own database).
+    pub fn prefix(&self) -> &str {
+        match self {
+            RedisSpace::Db(_) => "",
+            RedisSpace::Prefix { prefix, .. } => prefix,
+        }
+    }
+
+    /// Removes everything a server wrote there.
+    fn clear(&self) {
+        match self {
+            RedisSpace::Db(db) => {
+                let flushed = redis::Client::open(self.url())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut con| redis::cmd("FLUSHDB").query::<()>(&mut con));
+                if let Err(e) = flushed {
+                    eprintln!("[harness] could not flush Redis db {db}: {e}");
+                }
+            }
+            RedisSpace::Prefix { seed_url, prefix } => {
+                let deleted =
+                    std::panic::catch_unwind(|| cluster::delete_prefixed(seed_url, prefix));
+                if deleted.is_err() {
+                    eprintln!("[harness] could not delete the keys {prefix}* on {seed_url}");
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for RedisSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedisSpace::Db(db) => write!(f, "Redis db {db}"),
+            RedisSpace::Prefix { prefix, .. } => write!(f, "the Redis Cluster keys {prefix}*"),
+        }
+    }
+}
+
+/// The cluster every server runs on by default: the shared one when
+/// `FLASHSALE_TEST_REDIS=cluster`, else none (a database of the single node).
+fn default_cluster() -> Option<String> {
+    match std::env::var("FLASHSALE_TEST_REDIS").as_deref() {
+        Ok("cluster") => Some(cluster::shared_cluster_url()),
+        Ok("") | Ok("single") | Err(_) => None,
+        Ok(other) => panic!("FLASHSALE_TEST_REDIS={other}: expected single or cluster"),
+    }
+}
+
 pub fn redis_connect(url: &str) -> redis::Connection {
     redis::Client::open(url)
         .and_then(|c| c.get_connection())
@@ -168,36 +254,59 @@ fn drop_database(name: &str) {
 /// reservation is an exclusive lock on `<tmp>/flashsale-test-ports/<port>`,
 /// held until this process exits.
 fn free_port() -> u16 {
-    static GIVEN: OnceLock<Mutex<HashMap<u16, Option<File>>>> = OnceLock::new();
-    let given = GIVEN.get_or_init(|| Mutex::new(HashMap::new()));
-    let lock_dir = std::env::temp_dir().join("flashsale-test-ports");
-    fs::create_dir_all(&lock_dir).unwrap_or_else(|e| panic!("create {}: {e}", lock_dir.display()));
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local_addr").port();
         drop(listener);
-        let mut given = given.lock().unwrap();
-        if given.contains_key(&port) {
+        if reserve_port(port) {
+            return port;
+        }
+    }
+}
+
+/// A free port for a Redis Cluster node whose cluster bus port (port + 10000)
+/// is free too; both are reserved like `free_port`'s.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        let Some(bus) = port.checked_add(10_000) else {
             continue;
+        };
+        if TcpListener::bind(("127.0.0.1", bus)).is_ok() && reserve_port(bus) {
+            return port;
         }
-        let path = lock_dir.join(port.to_string());
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        match lock.try_lock() {
-            Ok(()) => {
-                given.insert(port, Some(lock));
-                return port;
-            }
-            // Another test process has it: never ask for it here again.
-            Err(fs::TryLockError::WouldBlock) => {
-                given.insert(port, None);
-            }
-            Err(fs::TryLockError::Error(e)) => panic!("lock {}: {e}", path.display()),
+    }
+}
+
+/// Reserves `port` for this process unless this process or another test
+/// process has it already (see `free_port`).
+fn reserve_port(port: u16) -> bool {
+    static GIVEN: OnceLock<Mutex<HashMap<u16, Option<File>>>> = OnceLock::new();
+    let given = GIVEN.get_or_init(|| Mutex::new(HashMap::new()));
+    let lock_dir = std::env::temp_dir().join("flashsale-test-ports");
+    fs::create_dir_all(&lock_dir).unwrap_or_else(|e| panic!("create {}: {e}", lock_dir.display()));
+    let mut given = given.lock().unwrap();
+    if given.contains_key(&port) {
+        return false;
+    }
+    let path = lock_dir.join(port.to_string());
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    match lock.try_lock() {
+        Ok(()) => {
+            given.insert(port, Some(lock));
+            true
         }
+        // Another test process has it: never ask for it here again.
+        Err(fs::TryLockError::WouldBlock) => {
+            given.insert(port, None);
+            false
+        }
+        Err(fs::TryLockError::Error(e)) => panic!("lock {}: {e}", path.display()),
     }
 }
 
@@ -338,6 +447,9 @@ pub struct Opts {
     pub items: u32,
     pub limit: u32,
     pub env: Vec<(String, String)>,
+    /// The seed list of the Redis Cluster to run on (with a key prefix of the
+    /// server's own), or None for a database of the single node.
+    pub redis_cluster: Option<String>,
 }
 
 impl Default for Opts {
@@ -347,6 +459,7 @@ impl Default for Opts {
             items: 100,
             limit: 10,
             env: Vec::new(),
+            redis_cluster: default_cluster(),
         }
     }
 }
@@ -368,13 +481,23 @@ impl Opts {
         self.env.push((key.to_string(), value.to_string()));
         self
     }
+    /// Runs on the Redis Cluster at `seed_url`, with a key prefix of its own.
+    pub fn on_cluster(mut self, seed_url: &str) -> Self {
+        self.redis_cluster = Some(seed_url.to_string());
+        self
+    }
+    /// Runs on a database of the single Redis node, whatever `FLASHSALE_TEST_REDIS` says.
+    pub fn on_single_node(mut self) -> Self {
+        self.redis_cluster = None;
+        self
+    }
 }
 
 pub struct TestServer {
     pub addr: SocketAddr,
     pub name: String,
     pub log_path: PathBuf,
-    pub redis_db: i64,
+    pub redis_space: RedisSpace,
     pub db_name: String,
     pub opts: Opts,
     child: Child,
@@ -393,34 +516,43 @@ pub struct Sale {
 }
 
 impl TestServer {
-    /// A server with its own Redis database and Postgres database.
+    /// A server with its own Redis database (or key prefix on a cluster) and
+    /// Postgres database.
     pub fn start(opts: Opts) -> TestServer {
         avoid_period_boundary(opts.period_secs);
-        let redis_db = alloc_redis_db();
+        let redis_space = RedisSpace::alloc(opts.redis_cluster.as_deref());
         let db_name = create_database();
-        Self::spawn(opts, redis_db, db_name, true)
+        Self::spawn(opts, redis_space, db_name, true)
     }
 
     /// A server on a Postgres database that `setup` prepared first (say, an
     /// older schema with rows in it).
     pub fn start_after(opts: Opts, setup: impl FnOnce(&mut postgres::Client)) -> TestServer {
-        let (redis_db, db_name) = Self::prepare_data(&opts, setup);
-        Self::spawn(opts, redis_db, db_name, true)
+        let (redis_space, db_name) = Self::prepare_data(&opts, setup);
+        Self::spawn(opts, redis_space, db_name, true)
     }
 
-    /// A Redis database and a Postgres database that `setup` prepared, for
+    /// A Redis space and a Postgres database that `setup` prepared, for
     /// `start_on` (several instances may then start on them at once).
-    pub fn prepare_data(opts: &Opts, setup: impl FnOnce(&mut postgres::Client)) -> (i64, String) {
+    pub fn prepare_data(
+        opts: &Opts,
+        setup: impl FnOnce(&mut postgres::Client),
+    ) -> (RedisSpace, String) {
         avoid_period_boundary(opts.period_secs);
-        let redis_db = alloc_redis_db();
+        let redis_space = RedisSpace::alloc(opts.redis_cluster.as_deref());
         let db_name = create_database();
         setup(&mut pg_connect(&pg_url_for(&db_name)));
-        (redis_db, db_name)
+        (redis_space, db_name)
     }
 
     /// A server on data from `prepare_data`; `owns_data`: drops it at the end.
-    pub fn start_on(opts: Opts, redis_db: i64, db_name: &str, owns_data: bool) -> TestServer {
-        Self::spawn(opts, redis_db, db_name.to_string(), owns_data)
+    pub fn start_on(
+        opts: Opts,
+        redis_space: &RedisSpace,
+        db_name: &str,
+        owns_data: bool,
+    ) -> TestServer {
+        Self::spawn(opts, redis_space.clone(), db_name.to_string(), owns_data)
     }
 
     /// Kills the process (SIGKILL) and starts a new one on the same data with
@@ -428,7 +560,7 @@ impl TestServer {
     pub fn restart(&mut self, opts: Opts) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let mut next = Self::spawn(opts, self.redis_db, self.db_name.clone(), false);
+        let mut next = Self::spawn(opts, self.redis_space.clone(), self.db_name.clone(), false);
         std::mem::swap(&mut self.child, &mut next.child);
         std::mem::swap(&mut self.addr, &mut next.addr);
         std::mem::swap(&mut self.name, &mut next.name);
@@ -441,7 +573,7 @@ impl TestServer {
     pub fn start_sharing(other: &TestServer) -> TestServer {
         Self::spawn(
             other.opts.clone(),
-            other.redis_db,
+            other.redis_space.clone(),
             other.db_name.clone(),
             false,
         )
@@ -452,10 +584,15 @@ impl TestServer {
     pub fn start_sharing_with(other: &TestServer, env: &[(String, String)]) -> TestServer {
         let mut opts = other.opts.clone();
         opts.env.extend(env.iter().cloned());
-        Self::spawn(opts, other.redis_db, other.db_name.clone(), false)
+        Self::spawn(
+            opts,
+            other.redis_space.clone(),
+            other.db_name.clone(),
+            false,
+        )
     }
 
-    fn spawn(opts: Opts, redis_db: i64, db_name: String, owns_data: bool) -> TestServer {
+    fn spawn(opts: Opts, redis_space: RedisSpace, db_name: String, owns_data: bool) -> TestServer {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let name = test_name();
@@ -468,7 +605,8 @@ impl TestServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashsale"));
         cmd.env("FLASHSALE_LISTEN", addr.to_string())
             .env("FLASHSALE_CORES", "2")
-            .env("REDIS_URL", format!("{}/{redis_db}", redis_base_url()))
+            .env("REDIS_URL", redis_space.url())
+            .env("REDIS_KEY_PREFIX", redis_space.prefix())
             .env("DATABASE_URL", pg_url_for(&db_name))
             .env("SALE_PERIOD_SECS", opts.period_secs.to_string())
             .env("SALE_ITEMS", opts.items.to_string())
@@ -488,7 +626,7 @@ impl TestServer {
             addr,
             name,
             log_path,
-            redis_db,
+            redis_space,
             db_name,
             opts,
             child,
@@ -613,9 +751,14 @@ impl TestServer {
         pg_connect(&pg_url_for(&self.db_name))
     }
 
-    /// A Redis connection on this test's database.
-    pub fn redis(&self) -> redis::Connection {
-        redis_connect(&format!("{}/{}", redis_base_url(), self.redis_db))
+    /// A Redis connection on this test's database, or on the cluster.
+    pub fn redis(&self) -> cluster::RedisConn {
+        cluster::RedisConn::open(&self.redis_url())
+    }
+
+    /// The names of this server's Redis keys (with its key prefix).
+    pub fn keys(&self) -> flashsale::redis_client::keys::Keys {
+        flashsale::redis_client::keys::Keys::new(&self.key_prefix()).expect("a valid key prefix")
     }
 
     /// `SELECT count(*) ...` style query returning one bigint.
@@ -653,15 +796,17 @@ impl TestServer {
         );
     }
 
-    /// The Redis URL (with its database) this server runs on.
+    /// The Redis URL (with its database, or the cluster's seed list) this
+    /// server runs on.
     pub fn redis_url(&self) -> String {
         self.env_override("REDIS_URL")
-            .unwrap_or_else(|| format!("{}/{}", redis_base_url(), self.redis_db))
+            .unwrap_or_else(|| self.redis_space.url())
     }
 
-    /// The Redis key prefix this server runs with (empty by default).
+    /// The Redis key prefix this server runs with (empty on a database of its own).
     pub fn key_prefix(&self) -> String {
-        self.env_override("REDIS_KEY_PREFIX").unwrap_or_default()
+        self.env_override("REDIS_KEY_PREFIX")
+            .unwrap_or_else(|| self.redis_space.prefix().to_string())
     }
 
     fn env_override(&self, name: &str) -> Option<String> {
@@ -768,16 +913,11 @@ impl Drop for TestServer {
         let keep = std::env::var("FLASHSALE_TEST_KEEP").is_ok_and(|v| !v.is_empty() && v != "0");
         if self.owns_data && !keep {
             drop_database(&self.db_name);
-            let flushed = redis::Client::open(format!("{}/{}", redis_base_url(), self.redis_db))
-                .and_then(|c| c.get_connection())
-                .and_then(|mut con| redis::cmd("FLUSHDB").query::<()>(&mut con));
-            if let Err(e) = flushed {
-                eprintln!("[harness] could not flush Redis db {}: {e}", self.redis_db);
-            }
+            self.redis_space.clear();
         } else if self.owns_data {
             eprintln!(
-                "[harness] kept Postgres database {} and Redis db {}",
-                self.db_name, self.redis_db
+                "[harness] kept Postgres database {} and {}",
+                self.db_name, self.redis_space
             );
         }
     }

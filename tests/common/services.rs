@@ -61,7 +61,7 @@ fn die_with_parent(cmd: &mut Command) {
 
 /// Spawns `cmd` with stdout and stderr appended to `log`, no stdin, and
 /// killed with the test process.
-fn spawn_logged(cmd: &mut Command, log: File) -> std::io::Result<Child> {
+pub fn spawn_logged(cmd: &mut Command, log: File) -> std::io::Result<Child> {
     die_with_parent(cmd);
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
