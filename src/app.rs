@@ -15,6 +15,7 @@ use crate::config::{Cli, Command, Config};
 use crate::error::Result;
 use crate::http::Limits;
 use crate::redis_client::RedisBackend;
+use crate::redis_client::blocking::RedisEndpoint;
 use crate::redis_client::cluster::Topology;
 use crate::redis_client::scripts::Scripts;
 use crate::redis_client::seeds::{RedisMode, RedisSeeds, detect_mode};
@@ -64,8 +65,11 @@ pub fn serve(config: Config) -> Result<()> {
         "core IO driver"
     );
 
-    let (redis_mode, redis) = redis_backend(&config, &stop)?;
-    tracing::info!(mode = redis_mode.name(), "redis");
+    let (redis, backend) = redis_backend(&config, &stop)?;
+    tracing::info!(mode = redis.mode.name(), "redis");
+    if config.redis_wait_replicas > 0 {
+        warn_if_too_few_replicas(&redis, config.redis_wait_replicas);
+    }
     let pool = store::pool(&config.database_url, config.pg_pool_size)?;
     let migrated = migrate_if_postgres_is_up(&pool, &stop);
 
@@ -81,7 +85,7 @@ pub fn serve(config: Config) -> Result<()> {
         store::writer::WriterConfig {
             batch_rows: config.writer_batch.max(1),
             flush_after: config.writer_flush(),
-            redis_url: config.redis_url.clone(),
+            redis: redis.clone(),
             keys: Arc::new(keys.clone()),
             clock: clock.clone(),
         },
@@ -97,7 +101,7 @@ pub fn serve(config: Config) -> Result<()> {
             period_secs: config.sale_period_secs as i64,
             items: config.sale_items,
             user_limit: config.user_limit,
-            redis_url: config.redis_url.clone(),
+            redis: redis.clone(),
             keys: keys.clone(),
             redis_timeout: config.redis_timeout().max(Duration::from_secs(1)),
             retention_ms: config.retention_ms(),
@@ -120,7 +124,7 @@ pub fn serve(config: Config) -> Result<()> {
         server::CoreSetup {
             driver,
             listen: config.listen,
-            redis,
+            redis: backend,
             redis_timeout: config.redis_timeout(),
             redis_batching: config.redis_batching(),
             scripts,
@@ -175,6 +179,30 @@ pub fn serve(config: Config) -> Result<()> {
     Ok(())
 }
 
+/// Logs a warning for every master with fewer connected replicas than
+/// `FLASHSALE_REDIS_WAIT_REPLICAS`: its purchases cannot be confirmed, so
+/// every one of them would answer 503.
+fn warn_if_too_few_replicas(redis: &RedisEndpoint, wanted: u32) {
+    let timeout = Duration::from_secs(2);
+    let counts = redis
+        .connect(timeout, timeout)
+        .and_then(|mut con| redis.replicas_per_master(&mut con));
+    match counts {
+        Ok(counts) => {
+            for (master, replicas) in counts.into_iter().filter(|(_, n)| *n < wanted) {
+                tracing::warn!(
+                    master = %master,
+                    replicas,
+                    wait_replicas = wanted,
+                    "this redis master has fewer connected replicas than FLASHSALE_REDIS_WAIT_REPLICAS: \
+                     every purchase of its sales will answer 503 until enough replicas are connected"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not count the redis replicas"),
+    }
+}
+
 /// How a graceful stop shares the shutdown timeout, which bounds all of it:
 /// the cores finish in-flight requests, the writer then commits what they
 /// handed over, and a last moment lets the writer thread leave a blocking
@@ -205,7 +233,7 @@ impl ShutdownPlan {
 /// seconds. When none does, the server starts anyway (requests get 503
 /// until Redis is back) and takes one seed for a single node, several for a
 /// cluster.
-fn redis_backend(config: &Config, stop: &AtomicBool) -> Result<(RedisMode, RedisBackend)> {
+fn redis_backend(config: &Config, stop: &AtomicBool) -> Result<(RedisEndpoint, RedisBackend)> {
     let seeds = RedisSeeds::parse(&config.redis_url)?;
     let timeout = config.redis_timeout().max(Duration::from_secs(1));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -220,6 +248,7 @@ fn redis_backend(config: &Config, stop: &AtomicBool) -> Result<(RedisMode, Redis
                 } else {
                     RedisMode::Single
                 };
+                seeds.check_mode(mode)?;
                 tracing::warn!(error = %e, assumed = mode.name(), "redis unavailable at start; starting without it");
                 break mode;
             }
@@ -233,7 +262,7 @@ fn redis_backend(config: &Config, stop: &AtomicBool) -> Result<(RedisMode, Redis
         RedisMode::Single => RedisBackend::Single(seeds.first().clone()),
         RedisMode::Cluster => RedisBackend::Cluster(Topology::start(&seeds, timeout)?),
     };
-    Ok((mode, backend))
+    Ok((RedisEndpoint { seeds, mode }, backend))
 }
 
 /// Applies migrations if Postgres answers within a few seconds. Otherwise the

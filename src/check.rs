@@ -11,14 +11,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::redis_client::blocking_connection;
+use crate::redis_client::blocking::RedisEndpoint;
 use crate::redis_client::keys::Keys;
+use crate::redis_client::seeds::{RedisSeeds, detect_mode};
 use crate::sale::sold_map::sold_numbers;
 use crate::sale::split_item_id;
 use crate::store::outbox;
 
 /// Dead-letter entries printed in full; the rest are counted.
 const DEAD_SAMPLE: usize = 20;
+/// Bounds connecting to Redis and each of its replies.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the checker read about one sale.
 #[derive(Debug, Default)]
@@ -41,12 +44,19 @@ struct Snapshot {
 
 /// Runs the check and prints the report; returns the process exit status.
 pub fn run(redis_url: &str, keys: &Keys, database_url: &str, sale_id: i64) -> u8 {
+    let redis = match endpoint(redis_url) {
+        Ok(redis) => redis,
+        Err(e) => {
+            eprintln!("sale {sale_id}: could not check: {e}");
+            return 2;
+        }
+    };
     let mut last = Vec::new();
     for attempt in 0..3 {
         if attempt > 0 {
             std::thread::sleep(Duration::from_secs(1));
         }
-        match read(redis_url, keys, database_url, sale_id) {
+        match read(&redis, keys, database_url, sale_id) {
             Ok(snapshot) => {
                 last = differences(sale_id, &snapshot);
                 if last.is_empty() {
@@ -82,22 +92,19 @@ fn summary(sale_id: i64, s: &Snapshot) -> String {
     )
 }
 
-fn read(redis_url: &str, keys: &Keys, database_url: &str, sale_id: i64) -> Result<Snapshot> {
+/// The seeds of `REDIS_URL` and whether they are a Redis Cluster.
+fn endpoint(redis_url: &str) -> Result<RedisEndpoint> {
+    let seeds = RedisSeeds::parse(redis_url)?;
+    let mode = detect_mode(&seeds, REDIS_TIMEOUT)?;
+    Ok(RedisEndpoint { seeds, mode })
+}
+
+fn read(redis: &RedisEndpoint, keys: &Keys, database_url: &str, sale_id: i64) -> Result<Snapshot> {
     let mut snapshot = Snapshot {
         dead_letter_key: keys.outbox_dead_letter(sale_id),
         ..Snapshot::default()
     };
-    let timeout = Duration::from_secs(5);
-    let client = redis::Client::open(redis_url)
-        .map_err(|e| Error::with_cause(ErrorKind::Config, "REDIS_URL", e))?;
-    let mut redis = blocking_connection(&client, timeout, timeout).map_err(|e| {
-        let at = client.get_connection_info().addr();
-        Error::with_cause(
-            ErrorKind::RedisUnavailable,
-            format!("connect to redis at {at}"),
-            e,
-        )
-    })?;
+    let mut redis = redis.connect(REDIS_TIMEOUT, REDIS_TIMEOUT)?;
     let pg_config: postgres::Config = database_url
         .parse()
         .map_err(|e| Error::with_cause(ErrorKind::Config, "DATABASE_URL", e))?;
@@ -140,14 +147,18 @@ fn read(redis_url: &str, keys: &Keys, database_url: &str, sale_id: i64) -> Resul
         .extend(sold_numbers(&bitmap.unwrap_or_default()));
     let mut cursor = 0u64;
     let pattern = format!("{}*", glob_escaped(&keys.user_prefix(sale_id)));
+    // SCAN walks one node: on a cluster, the master that owns the sale's slot.
+    let sale_key = keys.meta(sale_id);
     loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query(&mut redis)?;
+        let (next, found): (u64, Vec<String>) = redis.query_at(
+            &sale_key,
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000),
+        )?;
         for key in found {
             let Some(user) = key.rsplit(':').next().and_then(|u| u.parse::<i64>().ok()) else {
                 continue;

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::redis_client::blocking::BlockingRedis;
 
 /// An offset of the local wall clock from Redis's past this is logged as a
 /// warning (and its return below it as info). Scheduling corrects for any
@@ -86,13 +87,15 @@ impl RedisClock {
         self.wall_offset_us.load(Ordering::Relaxed)
     }
 
-    /// Measures Redis's clock over `con` and adopts the result.
-    pub fn measure(&self, con: &mut redis::Connection) -> Result<Sample> {
+    /// Measures Redis's clock over `con` and adopts the result. On a Redis
+    /// Cluster every sample asks the same node: the master that owns
+    /// `anchor` (a key), so that the round trips compare.
+    pub fn measure(&self, con: &mut BlockingRedis, anchor: &str) -> Result<Sample> {
         let mut best: Option<Sample> = None;
         for _ in 0..SAMPLES {
             let wall_before = wall_clock_us();
             let mono_before = self.mono_us();
-            let (secs, micros): (i64, i64) = redis::cmd("TIME").query(con)?;
+            let (secs, micros): (i64, i64) = con.query_at(anchor, &redis::cmd("TIME"))?;
             let rtt_us = self.mono_us() - mono_before;
             let sample = Sample {
                 redis_us: secs

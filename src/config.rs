@@ -90,18 +90,22 @@ pub struct Config {
     )]
     pub driver: DriverChoice,
 
-    /// Redis URL (`redis://host:port/db`).
+    /// Redis URL (`redis://host:port/db`), or a Redis Cluster's seed nodes separated by
+    /// commas (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`). Whether Redis is a cluster
+    /// is asked of the first seed that answers (`INFO cluster`); a cluster has only
+    /// database 0.
     #[arg(
         long = "redis-url",
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/0"
+        default_value = "redis://127.0.0.1:6379/0",
+        global = true
     )]
     pub redis_url: String,
 
     /// Starts every Redis key the service writes (before a sale's `{sale:S}` hash
     /// tag), so that several deployments can share one Redis; `{` and `}` are refused.
     #[arg(long = "redis-key-prefix", env = "REDIS_KEY_PREFIX", default_value = "",
-          value_parser = parse_key_prefix)]
+          value_parser = parse_key_prefix, global = true)]
     pub redis_key_prefix: String,
 
     /// Replicas that must confirm a purchase (`WAIT`) before it is answered 200;
@@ -114,7 +118,8 @@ pub struct Config {
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
-        default_value = "postgres://flashsale@127.0.0.1:5432/flashsale"
+        default_value = "postgres://flashsale@127.0.0.1:5432/flashsale",
+        global = true
     )]
     pub database_url: String,
 

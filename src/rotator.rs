@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use crate::clock::RedisClock;
 use crate::error::{Error, ErrorKind, Result};
-use crate::redis_client::blocking_connection;
+use crate::redis_client::blocking::{BlockingRedis, RedisEndpoint, eval};
 use crate::redis_client::keys::Keys;
-use crate::redis_client::scripts::Scripts;
+use crate::redis_client::scripts::{Script, Scripts};
 use crate::sale::schedule::{Schedule, SharedSchedule};
 use crate::sale::{SaleInfo, period_start};
 use crate::store::PgPool;
@@ -30,7 +30,7 @@ pub struct RotatorConfig {
     pub period_secs: i64,
     pub items: u32,
     pub user_limit: u32,
-    pub redis_url: String,
+    pub redis: RedisEndpoint,
     /// Redis key names behind the deployment's prefix.
     pub keys: Keys,
     pub redis_timeout: Duration,
@@ -73,8 +73,8 @@ struct Rotator {
     clock: Arc<RedisClock>,
     /// When the clock was last measured.
     measured_at: Option<Instant>,
-    init_sale: redis::Script,
-    redis: Option<redis::Connection>,
+    scripts: Arc<Scripts>,
+    redis: Option<BlockingRedis>,
     /// Sales published so far, oldest first (the last few are kept).
     prepared: Vec<SaleInfo>,
     /// Whether the migrations are applied (main applies them when Postgres
@@ -102,7 +102,7 @@ pub fn spawn(
         schedule,
         clock,
         measured_at: None,
-        init_sale: redis::Script::new(scripts.init_sale.body),
+        scripts,
         redis: None,
         prepared: Vec::new(),
         migrated,
@@ -168,8 +168,11 @@ impl Rotator {
                     Err(e) => self.indexed_sale(start)?.ok_or(e)?,
                 },
             };
-            // Every tick, so that a Redis that lost its data gets the sale back.
+            // Every tick, so that a Redis that lost its data (a restart
+            // without its AOF, a failover that lost the last writes) gets
+            // the sale and its index entry back.
             self.init_redis(&sale)?;
+            self.index(&sale)?;
             if !self.prepared.iter().any(|s| s.id == sale.id) {
                 tracing::info!(
                     sale_id = sale.id,
@@ -177,7 +180,6 @@ impl Rotator {
                     items = sale.items,
                     "sale prepared"
                 );
-                self.index(&sale)?;
                 self.prepared.push(sale);
                 self.prepared.sort_by_key(|s| s.starts_at);
                 let keep_from = self.prepared.len().saturating_sub(4);
@@ -199,7 +201,8 @@ impl Rotator {
             return Ok(());
         }
         let clock = self.clock.clone();
-        clock.measure(self.redis()?)?;
+        let anchor = self.config.keys.sale_index().to_owned();
+        clock.measure(self.redis()?, &anchor)?;
         self.measured_at = Some(Instant::now());
         Ok(())
     }
@@ -259,11 +262,10 @@ impl Rotator {
         Ok(sale)
     }
 
-    fn redis(&mut self) -> Result<&mut redis::Connection> {
+    fn redis(&mut self) -> Result<&mut BlockingRedis> {
         if self.redis.is_none() {
-            let client = redis::Client::open(self.config.redis_url.as_str())?;
             let timeout = self.config.redis_timeout;
-            self.redis = Some(blocking_connection(&client, timeout, timeout)?);
+            self.redis = Some(self.config.redis.connect(timeout, timeout)?);
         }
         self.redis
             .as_mut()
@@ -289,23 +291,23 @@ impl Rotator {
             ));
         };
         let keys = &self.config.keys;
-        let mut invocation = self.init_sale.key(meta);
-        invocation.key(keys.sold(sale.id));
+        let mut script_keys = vec![meta, keys.sold(sale.id)];
         for &(user, _) in &restore.user_counts {
-            invocation.key(keys.user(sale.id, user));
+            script_keys.push(keys.user(sale.id, user));
         }
-        invocation
-            .arg(sale.id)
-            .arg(sale.starts_at)
-            .arg(sale.ends_at)
-            .arg(sale.items)
-            .arg(sale.user_limit)
-            .arg(sale.ends_at * 1000 + retention_ms)
-            .arg(&restore.sold_items);
-        for &(_, count) in &restore.user_counts {
-            invocation.arg(count);
-        }
-        let created: i64 = invocation.invoke(con)?;
+        let init_sale: &Script = &self.scripts.init_sale;
+        let created: i64 = eval(con, init_sale, &script_keys, |cmd| {
+            cmd.arg(sale.id)
+                .arg(sale.starts_at)
+                .arg(sale.ends_at)
+                .arg(sale.items)
+                .arg(sale.user_limit)
+                .arg(sale.ends_at * 1000 + retention_ms)
+                .arg(&restore.sold_items);
+            for &(_, count) in &restore.user_counts {
+                cmd.arg(count);
+            }
+        })?;
         if created == -1 {
             tracing::debug!(
                 sale_id = sale.id,

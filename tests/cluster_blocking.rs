@@ -7,11 +7,18 @@
 
 mod common;
 
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flashsale::error::ErrorKind;
+use flashsale::redis_client::keys::Keys;
 use flashsale::redis_client::seeds::{RedisMode, RedisSeeds, detect_mode};
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 
+use common::services::run_bounded;
 use common::*;
 
 const DETECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,4 +93,323 @@ fn seeds_that_break_the_mode_rules_are_config_errors() {
     let e = detect_mode(&two_singles, DETECT_TIMEOUT).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     assert!(e.to_string().contains("not a Redis Cluster"), "{e}");
+}
+
+/// A key prefix no other test (or earlier run) uses.
+fn unique_prefix(name: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("test-{name}-{}-{nanos}:", std::process::id())
+}
+
+fn cluster_connection() -> ClusterConnection {
+    let seeds: Vec<String> = cluster_url().split(',').map(str::to_string).collect();
+    ClusterClient::new(seeds)
+        .and_then(|c| c.get_connection())
+        .unwrap_or_else(|e| panic!("connect to the cluster at {}: {e}", cluster_url()))
+}
+
+/// Every key under `prefix`, from every master.
+fn keys_under(con: &mut ClusterConnection, prefix: &str) -> Vec<String> {
+    let masters = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+    let reply = con
+        .route_command(redis::cmd("KEYS").arg(format!("{prefix}*")), masters)
+        .expect("KEYS on every master");
+    let redis::Value::Map(per_node) = reply else {
+        panic!("KEYS on every master: {reply:?}")
+    };
+    let mut keys: Vec<String> = per_node
+        .into_iter()
+        .flat_map(|(_, v)| redis::from_redis_value::<Vec<String>>(v).expect("key names"))
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Deletes the test's keys from the shared cluster when the test ends.
+struct ClusterKeys {
+    prefix: String,
+}
+
+impl Drop for ClusterKeys {
+    fn drop(&mut self) {
+        let mut con = cluster_connection();
+        for key in keys_under(&mut con, &self.prefix) {
+            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&key).query(&mut con);
+        }
+    }
+}
+
+/// Runs `flashsale check --sale <id>` on the cluster seed list; (status, stdout + stderr).
+fn check(prefix: &str, database_url: &str, sale_id: i64) -> (i32, String) {
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(["check", "--sale", &sale_id.to_string()])
+            .args(["--redis-key-prefix", prefix])
+            .env("REDIS_URL", cluster_url())
+            .env("DATABASE_URL", database_url)
+            .env("FLASHSALE_LOG", "warn"),
+        Duration::from_secs(60),
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A server whose Redis is the cluster, behind its own key prefix.
+fn server_on_cluster(prefix: &str, opts: Opts) -> TestServer {
+    TestServer::start(
+        opts.env("REDIS_URL", &cluster_url())
+            .env("REDIS_KEY_PREFIX", prefix),
+    )
+}
+
+/// The current sale's id, from Postgres (the earliest the rotator created).
+fn current_sale(s: &TestServer) -> i64 {
+    s.wait_pg_i64("SELECT count(*) FROM sales", &[], 2);
+    s.pg_i64("SELECT min(id) FROM sales", &[])
+}
+
+/// The rotator and the writer of a server on the cluster prepare the sale
+/// on the master that owns its slot (init_sale, index), drain its outbox
+/// into Postgres, and `flashsale check` on the seed list reads the sale
+/// there, user keys (SCAN) included: consistent, and a user count with no
+/// purchase behind it is found.
+#[test]
+fn check_reads_a_sale_on_the_cluster() {
+    cluster_seeds();
+    let prefix = unique_prefix("check");
+    let _cleanup = ClusterKeys {
+        prefix: prefix.clone(),
+    };
+    let s = server_on_cluster(&prefix, Opts::default().items(20).limit(5));
+    let sale = current_sale(&s);
+    let keys = Keys::new(&prefix).unwrap();
+    let mut con = cluster_connection();
+
+    // The rotator's work, on the cluster.
+    eventually(
+        Duration::from_secs(20),
+        "the sale's meta on the cluster",
+        || {
+            redis::cmd("HGET")
+                .arg(keys.meta(sale))
+                .arg("items")
+                .query::<Option<u32>>(&mut con)
+                .ok()
+                .flatten()
+                == Some(20)
+        },
+    );
+    let index: std::collections::HashMap<i64, String> = redis::cmd("HGETALL")
+        .arg(keys.sale_index())
+        .query(&mut con)
+        .unwrap();
+    assert!(
+        index.values().any(|e| e.starts_with(&format!("{sale},"))),
+        "sale {sale} in the index {}: {index:?}",
+        keys.sale_index()
+    );
+
+    // Two purchases, as purchase.lua leaves them: sold bits, counters, outbox.
+    let mut pg = s.pg();
+    pg.execute("INSERT INTO users (id) VALUES (7), (8)", &[])
+        .unwrap();
+    for (n, user) in [(3u32, 7i64), (5, 8)] {
+        let item = item_id(sale, n);
+        let code = random_code(sale);
+        let _: i64 = redis::cmd("SETBIT")
+            .arg(keys.sold(sale))
+            .arg(n - 1)
+            .arg(1)
+            .query(&mut con)
+            .unwrap();
+        let _: i64 = redis::cmd("HINCRBY")
+            .arg(keys.meta(sale))
+            .arg("sold")
+            .arg(1)
+            .query(&mut con)
+            .unwrap();
+        let _: i64 = redis::cmd("HINCRBY")
+            .arg(keys.user(sale, user))
+            .arg("bought")
+            .arg(1)
+            .query(&mut con)
+            .unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg(keys.outbox(sale))
+            .arg("*")
+            .arg("item")
+            .arg(item)
+            .arg("user")
+            .arg(user)
+            .arg("code")
+            .arg(&code)
+            .arg("at")
+            .arg(now_ms())
+            .query(&mut con)
+            .unwrap();
+    }
+    // The writer drains the outbox from the cluster into Postgres.
+    s.wait_pg_i64(
+        "SELECT count(*) FROM purchases WHERE sale_id = $1",
+        &[&sale],
+        2,
+    );
+    eventually(Duration::from_secs(20), "the outbox trimmed", || {
+        redis::cmd("XLEN")
+            .arg(keys.outbox(sale))
+            .query::<i64>(&mut con)
+            .ok()
+            == Some(0)
+    });
+
+    let (status, out) = check(&prefix, &s.database_url(), sale);
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("2 sold in redis, 2 purchase rows"), "{out}");
+
+    // A count in Redis that no purchase backs: the checker finds the user
+    // key on the sale's master.
+    let _: i64 = redis::cmd("HSET")
+        .arg(keys.user(sale, 99))
+        .arg("bought")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    let (status, out) = check(&prefix, &s.database_url(), sale);
+    assert_eq!(status, 1, "{out}");
+    assert!(
+        out.contains("user 99: redis counts 1 bought, no purchase recorded"),
+        "{out}"
+    );
+}
+
+/// `flashsale check` with a database number on a cluster seed: a clear
+/// error, exit 2.
+#[test]
+fn check_refuses_a_database_number_on_the_cluster() {
+    cluster_seeds();
+    let out = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(["check", "--sale", "1"])
+            .env("REDIS_URL", "redis://127.0.0.1:7000/2")
+            .env("DATABASE_URL", pg_admin_url())
+            .env("FLASHSALE_LOG", "warn"),
+        Duration::from_secs(60),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("only database 0"), "{err}");
+}
+
+/// A server started on a cluster seed with a database number refuses at
+/// once with a clear error (a cluster has only database 0), and so does a
+/// server given several seeds of a single node.
+#[test]
+fn a_server_refuses_seeds_that_contradict_the_mode() {
+    let first = cluster_seeds().first().clone();
+    let with_db = format!("redis://{}:{}/1", first.host, first.port);
+    let two_singles = format!("{0},{0}/2", redis_base_url());
+    for (url, says) in [
+        (with_db.as_str(), "only database 0"),
+        (two_singles.as_str(), "not a Redis Cluster"),
+    ] {
+        let out = run_bounded(
+            Command::new(env!("CARGO_BIN_EXE_flashsale"))
+                .env("FLASHSALE_LISTEN", "127.0.0.1:0")
+                .env("REDIS_URL", url)
+                .env("DATABASE_URL", pg_admin_url())
+                .env("FLASHSALE_LOG", "info"),
+            Duration::from_secs(30),
+        );
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{url} accepted: {log}");
+        assert!(log.contains(says), "{url}: {log}");
+    }
+}
+
+/// `FLASHSALE_REDIS_WAIT_REPLICAS` above what the masters have: the server
+/// says at start, for each master, that its purchases would all answer 503.
+#[test]
+fn too_few_replicas_for_wait_are_logged_at_start() {
+    cluster_seeds();
+    let prefix = unique_prefix("wait");
+    let _cleanup = ClusterKeys {
+        prefix: prefix.clone(),
+    };
+    let s = server_on_cluster(
+        &prefix,
+        Opts::default()
+            .items(5)
+            .env("FLASHSALE_REDIS_WAIT_REPLICAS", "2"),
+    );
+    let mut con = cluster_connection();
+    let masters = cluster_masters(&mut con);
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("fewer connected replicas than FLASHSALE_REDIS_WAIT_REPLICAS"))
+        .collect();
+    for master in &masters {
+        assert!(
+            warnings.iter().any(|l| l.contains(master.as_str())),
+            "no warning for {master}: {warnings:#?}"
+        );
+    }
+
+    // Enough replicas (one each): no warning.
+    let prefix = unique_prefix("wait1");
+    let _cleanup = ClusterKeys {
+        prefix: prefix.clone(),
+    };
+    let s = server_on_cluster(
+        &prefix,
+        Opts::default()
+            .items(5)
+            .env("FLASHSALE_REDIS_WAIT_REPLICAS", "1"),
+    );
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert!(!log.contains("fewer connected replicas"), "{log}");
+}
+
+/// `host:port` of every master of the cluster.
+fn cluster_masters(con: &mut ClusterConnection) -> Vec<String> {
+    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+        "x",
+        SlotAddr::Master,
+    )));
+    let shards: redis::Value = con
+        .route_command(redis::cmd("CLUSTER").arg("SLOTS"), route)
+        .expect("CLUSTER SLOTS");
+    let redis::Value::Array(ranges) = shards else {
+        panic!("CLUSTER SLOTS: {shards:?}")
+    };
+    let mut masters: Vec<String> = ranges
+        .iter()
+        .filter_map(|range| match range {
+            redis::Value::Array(parts) => match parts.get(2) {
+                Some(redis::Value::Array(node)) => {
+                    let host: String = redis::from_redis_value(node[0].clone()).ok()?;
+                    let port: i64 = redis::from_redis_value(node[1].clone()).ok()?;
+                    Some(format!("{host}:{port}"))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    masters.sort();
+    masters.dedup();
+    masters
 }

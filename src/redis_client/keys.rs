@@ -20,6 +20,10 @@ pub fn check_prefix(prefix: &str) -> Result<(), &'static str> {
     }
 }
 
+/// The hash tag of the deployment's keys that belong to no sale: on a Redis
+/// Cluster they share one slot, apart from every sale's.
+const GLOBAL_TAG: &str = "{flashsale}";
+
 /// The key names of one deployment; built once from the configuration.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -41,8 +45,8 @@ impl Keys {
         check_prefix(prefix)?;
         Ok(Keys {
             prefix: prefix.to_string(),
-            sale_index: format!("{prefix}flashsale:sales"),
-            dead_letter_index: format!("{prefix}flashsale:dead-letters"),
+            sale_index: format!("{prefix}{GLOBAL_TAG}:sales"),
+            dead_letter_index: format!("{prefix}{GLOBAL_TAG}:dead-letters"),
         })
     }
 
@@ -102,14 +106,16 @@ impl Keys {
     /// The rotator's index of prepared sales: a hash from a sale's start
     /// (Unix s) to `id,ends_at,items,limit`, so that a server starting while
     /// Postgres is down can still find the sale it should serve. Not a sale
-    /// key (no hash tag): only the rotator uses it, never a script.
+    /// key (the deployment's own `{flashsale}` tag): only the rotator uses
+    /// it, with single-key commands, never a script.
     pub fn sale_index(&self) -> &str {
         &self.sale_index
     }
 
     /// The set of sale ids that have (or had) a dead-letter stream, so that
     /// the writer can count dead letters without scanning the keyspace. Not
-    /// a sale key (no hash tag): only the writer uses it, never a script.
+    /// a sale key (the deployment's own `{flashsale}` tag): only the writer
+    /// uses it, with single-key commands, never a script.
     pub fn dead_letter_index(&self) -> &str {
         &self.dead_letter_index
     }
@@ -137,8 +143,8 @@ mod tests {
             keys.code(5, "5-9-ab"),
             format!("{}5-9-ab", keys.code_prefix(5))
         );
-        assert_eq!(keys.sale_index(), "flashsale:sales");
-        assert_eq!(keys.dead_letter_index(), "flashsale:dead-letters");
+        assert_eq!(keys.sale_index(), "{flashsale}:sales");
+        assert_eq!(keys.dead_letter_index(), "{flashsale}:dead-letters");
     }
 
     #[test]
@@ -156,8 +162,8 @@ mod tests {
         ] {
             assert!(key.starts_with("shop-a:{sale:5}:"), "{key}");
         }
-        assert_eq!(keys.sale_index(), "shop-a:flashsale:sales");
-        assert_eq!(keys.dead_letter_index(), "shop-a:flashsale:dead-letters");
+        assert_eq!(keys.sale_index(), "shop-a:{flashsale}:sales");
+        assert_eq!(keys.dead_letter_index(), "shop-a:{flashsale}:dead-letters");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! node that said it.
 
 pub mod batch;
+pub mod blocking;
 pub mod cluster;
 pub mod conn;
 pub mod keys;
@@ -653,20 +654,6 @@ impl Confirmation {
             )),
         }
     }
-}
-
-/// A blocking Redis connection for the threads that may block (writer,
-/// rotator, checker; never a core), with connecting and every read and write
-/// bounded by the given timeouts.
-pub fn blocking_connection(
-    client: &redis::Client,
-    connect_timeout: Duration,
-    io_timeout: Duration,
-) -> redis::RedisResult<redis::Connection> {
-    let con = client.get_connection_with_timeout(connect_timeout)?;
-    con.set_read_timeout(Some(io_timeout))?;
-    con.set_write_timeout(Some(io_timeout))?;
-    Ok(con)
 }
 
 /// Turns an error reply into an error.

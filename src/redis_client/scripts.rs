@@ -10,7 +10,7 @@ pub struct Script {
 }
 
 impl Script {
-    fn new(name: &'static str, body: &'static str) -> Self {
+    pub fn new(name: &'static str, body: &'static str) -> Self {
         Script {
             name,
             body,

@@ -9,10 +9,12 @@
 //! `Keys::dead_letter_index`), which this module also reads and counts.
 //! Blocking; runs on the writer thread and in `flashsale check`.
 
-use redis::Value;
+use redis::{ConnectionLike, Value};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::redis_client::blocking::eval;
 use crate::redis_client::keys::Keys;
+use crate::redis_client::scripts::{CLOSE_SALE, Script};
 
 /// One sold item, as appended by `purchase.lua`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +47,7 @@ pub struct OutboxBatch {
 /// outbox when `None`). Malformed entries do not fail the read: their ids are
 /// reported in the batch, for the caller to log and step over.
 pub fn read(
-    con: &mut redis::Connection,
+    con: &mut dyn ConnectionLike,
     keys: &Keys,
     sale_id: i64,
     after: Option<&str>,
@@ -66,7 +68,7 @@ pub fn read(
 }
 
 /// Deletes committed entries from the outbox.
-pub fn ack(con: &mut redis::Connection, keys: &Keys, sale_id: i64, ids: &[String]) -> Result<()> {
+pub fn ack(con: &mut dyn ConnectionLike, keys: &Keys, sale_id: i64, ids: &[String]) -> Result<()> {
     // XDEL takes many ids; keep each command to a sane size.
     for chunk in ids.chunks(1000) {
         let _: i64 = redis::cmd("XDEL")
@@ -82,25 +84,27 @@ pub fn ack(con: &mut redis::Connection, keys: &Keys, sale_id: i64, ids: &[String
 /// hold). Returns whether the sale is closed: from then on its outbox only
 /// shrinks.
 pub fn close_sale(
-    con: &mut redis::Connection,
+    con: &mut dyn ConnectionLike,
     keys: &Keys,
     sale_id: i64,
     ends_at: i64,
 ) -> Result<bool> {
-    static SCRIPT: std::sync::LazyLock<redis::Script> =
-        std::sync::LazyLock::new(|| redis::Script::new(crate::redis_client::scripts::CLOSE_SALE));
-    let closed: i64 = SCRIPT.key(keys.meta(sale_id)).arg(ends_at).invoke(con)?;
+    static SCRIPT: std::sync::LazyLock<Script> =
+        std::sync::LazyLock::new(|| Script::new("close_sale", CLOSE_SALE));
+    let closed: i64 = eval(con, &SCRIPT, &[keys.meta(sale_id)], |cmd| {
+        cmd.arg(ends_at);
+    })?;
     Ok(closed == 1)
 }
 
 /// Entries still in the outbox.
-pub fn len(con: &mut redis::Connection, keys: &Keys, sale_id: i64) -> Result<u64> {
+pub fn len(con: &mut dyn ConnectionLike, keys: &Keys, sale_id: i64) -> Result<u64> {
     let n: u64 = redis::cmd("XLEN").arg(keys.outbox(sale_id)).query(con)?;
     Ok(n)
 }
 
 /// Deletes the (empty) outbox of a closed-out sale.
-pub fn delete(con: &mut redis::Connection, keys: &Keys, sale_id: i64) -> Result<()> {
+pub fn delete(con: &mut dyn ConnectionLike, keys: &Keys, sale_id: i64) -> Result<()> {
     let _: i64 = redis::cmd("DEL").arg(keys.outbox(sale_id)).query(con)?;
     Ok(())
 }
@@ -126,13 +130,14 @@ impl DeadReason {
     }
 }
 
-static DEAD_LETTER_SCRIPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("../../lua/dead_letter.lua")));
+static DEAD_LETTER_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new("dead_letter", include_str!("../../lua/dead_letter.lua"))
+});
 
 /// Moves one entry from the outbox to the sale's dead letter, with the
 /// reason. Returns false when the entry was no longer in the outbox.
 pub fn move_to_dead_letter(
-    con: &mut redis::Connection,
+    con: &mut dyn ConnectionLike,
     keys: &Keys,
     sale_id: i64,
     stream_id: &str,
@@ -144,17 +149,19 @@ pub fn move_to_dead_letter(
         .arg(keys.dead_letter_index())
         .arg(sale_id)
         .query(con)?;
-    let moved: i64 = DEAD_LETTER_SCRIPT
-        .key(keys.outbox(sale_id))
-        .key(keys.outbox_dead_letter(sale_id))
-        .arg(stream_id)
-        .arg(reason.as_str())
-        .invoke(con)?;
+    let moved: i64 = eval(
+        con,
+        &DEAD_LETTER_SCRIPT,
+        &[keys.outbox(sale_id), keys.outbox_dead_letter(sale_id)],
+        |cmd| {
+            cmd.arg(stream_id).arg(reason.as_str());
+        },
+    )?;
     Ok(moved == 1)
 }
 
 /// Entries in every sale's dead letter, and how many sales have some.
-pub fn dead_letter_totals(con: &mut redis::Connection, keys: &Keys) -> Result<(u64, u64)> {
+pub fn dead_letter_totals(con: &mut dyn ConnectionLike, keys: &Keys) -> Result<(u64, u64)> {
     let sales: Vec<i64> = redis::cmd("SMEMBERS")
         .arg(keys.dead_letter_index())
         .query(con)?;
@@ -168,7 +175,7 @@ pub fn dead_letter_totals(con: &mut redis::Connection, keys: &Keys) -> Result<(u
 }
 
 /// Entries in one sale's dead letter.
-pub fn dead_letter_len(con: &mut redis::Connection, keys: &Keys, sale_id: i64) -> Result<u64> {
+pub fn dead_letter_len(con: &mut dyn ConnectionLike, keys: &Keys, sale_id: i64) -> Result<u64> {
     let n: u64 = redis::cmd("XLEN")
         .arg(keys.outbox_dead_letter(sale_id))
         .query(con)?;
@@ -180,7 +187,7 @@ pub fn dead_letter_len(con: &mut redis::Connection, keys: &Keys, sale_id: i64) -
 /// `outbox_id`, or whatever a malformed entry held; bytes that are not
 /// UTF-8 shown lossily).
 pub fn read_dead_letter(
-    con: &mut redis::Connection,
+    con: &mut dyn ConnectionLike,
     keys: &Keys,
     sale_id: i64,
     count: usize,

@@ -25,7 +25,7 @@ use super::outbox::{self, DeadReason, OutboxEntry};
 use super::sales::{self, SaleRow};
 use super::{CheckoutRecord, PgPool, PostgresHealth, Record};
 use crate::clock::RedisClock;
-use crate::redis_client::blocking_connection;
+use crate::redis_client::blocking::{BlockingRedis, RedisEndpoint};
 use crate::redis_client::keys::Keys;
 
 /// The writer's knobs.
@@ -36,7 +36,7 @@ pub struct WriterConfig {
     /// Longest the first record of a batch waits before the batch is flushed.
     pub flush_after: Duration,
     /// Where the purchase outboxes live.
-    pub redis_url: String,
+    pub redis: RedisEndpoint,
     /// Redis key names behind the deployment's prefix.
     pub keys: Arc<Keys>,
     /// Redis's clock as this instance tracks it: when to try closing a sale.
@@ -212,8 +212,7 @@ struct Writer {
     pg: Backoff,
     last_pg_contact: Instant,
 
-    redis_client: Option<redis::Client>,
-    redis: Option<redis::Connection>,
+    redis: Option<BlockingRedis>,
     redis_backoff: Backoff,
 
     /// Sales whose outboxes are watched, and when that list was read.
@@ -255,7 +254,6 @@ impl Writer {
             pg: Backoff::default(),
             // Probe at once: health starts down until Postgres answers.
             last_pg_contact: now.checked_sub(PROBE_IDLE).unwrap_or(now),
-            redis_client: None,
             redis: None,
             redis_backoff: Backoff::default(),
             sales: Vec::new(),
@@ -557,21 +555,16 @@ impl Writer {
     }
 
     /// Connects to Redis if needed (respecting the backoff).
-    fn redis_connection(&mut self) -> Result<Option<&mut redis::Connection>, DrainError> {
+    fn redis_connection(&mut self) -> Result<Option<&mut BlockingRedis>, DrainError> {
         if self.redis.is_none() {
             if !self.redis_backoff.ready(Instant::now()) {
                 return Ok(None);
             }
-            let client = match &self.redis_client {
-                Some(client) => client,
-                None => {
-                    let client = redis::Client::open(self.config.redis_url.as_str())
-                        .map_err(|e| DrainError::Redis(e.into()))?;
-                    self.redis_client.insert(client)
-                }
-            };
-            let con = blocking_connection(client, REDIS_CONNECT_TIMEOUT, REDIS_IO_TIMEOUT)
-                .map_err(|e| DrainError::Redis(e.into()))?;
+            let con = self
+                .config
+                .redis
+                .connect(REDIS_CONNECT_TIMEOUT, REDIS_IO_TIMEOUT)
+                .map_err(DrainError::Redis)?;
             if self.redis_backoff.reset() > 0 {
                 tracing::info!("Redis is back; draining outboxes again");
             }
@@ -581,7 +574,7 @@ impl Writer {
     }
 
     /// The Redis connection, within a pass that already has one.
-    fn redis_now(&mut self) -> Result<&mut redis::Connection, DrainError> {
+    fn redis_now(&mut self) -> Result<&mut BlockingRedis, DrainError> {
         self.redis_connection()?.ok_or(DrainError::Redis(Error::new(
             ErrorKind::RedisUnavailable,
             "Redis connection lost",
