@@ -8,29 +8,21 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flashsale::error::ErrorKind;
 use flashsale::redis_client::keys::Keys;
 use flashsale::redis_client::seeds::{RedisMode, RedisSeeds, detect_mode};
-use redis::cluster::{ClusterClient, ClusterConnection};
-use redis::cluster_routing::{
-    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
-};
 
+use common::cluster::{master_urls, shared_cluster_url};
 use common::services::run_bounded;
 use common::*;
 
 const DETECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The cluster's seed list.
+/// The shared cluster's seed list.
 fn cluster_url() -> String {
-    std::env::var("TEST_REDIS_CLUSTER_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002".to_string()
-        })
+    shared_cluster_url()
 }
 
 /// The seeds, or a failure that says how to start the cluster.
@@ -95,53 +87,6 @@ fn seeds_that_break_the_mode_rules_are_config_errors() {
     assert!(e.to_string().contains("not a Redis Cluster"), "{e}");
 }
 
-/// A key prefix no other test (or earlier run) uses.
-fn unique_prefix(name: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("test-{name}-{}-{nanos}:", std::process::id())
-}
-
-fn cluster_connection() -> ClusterConnection {
-    let seeds: Vec<String> = cluster_url().split(',').map(str::to_string).collect();
-    ClusterClient::new(seeds)
-        .and_then(|c| c.get_connection())
-        .unwrap_or_else(|e| panic!("connect to the cluster at {}: {e}", cluster_url()))
-}
-
-/// Every key under `prefix`, from every master.
-fn keys_under(con: &mut ClusterConnection, prefix: &str) -> Vec<String> {
-    let masters = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-    let reply = con
-        .route_command(redis::cmd("KEYS").arg(format!("{prefix}*")), masters)
-        .expect("KEYS on every master");
-    let redis::Value::Map(per_node) = reply else {
-        panic!("KEYS on every master: {reply:?}")
-    };
-    let mut keys: Vec<String> = per_node
-        .into_iter()
-        .flat_map(|(_, v)| redis::from_redis_value::<Vec<String>>(v).expect("key names"))
-        .collect();
-    keys.sort();
-    keys
-}
-
-/// Deletes the test's keys from the shared cluster when the test ends.
-struct ClusterKeys {
-    prefix: String,
-}
-
-impl Drop for ClusterKeys {
-    fn drop(&mut self) {
-        let mut con = cluster_connection();
-        for key in keys_under(&mut con, &self.prefix) {
-            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&key).query(&mut con);
-        }
-    }
-}
-
 /// Runs `flashsale check --sale <id>` on the cluster seed list; (status, stdout + stderr).
 fn check(prefix: &str, database_url: &str, sale_id: i64) -> (i32, String) {
     let out = run_bounded(
@@ -163,12 +108,9 @@ fn check(prefix: &str, database_url: &str, sale_id: i64) -> (i32, String) {
     )
 }
 
-/// A server whose Redis is the cluster, behind its own key prefix.
-fn server_on_cluster(prefix: &str, opts: Opts) -> TestServer {
-    TestServer::start(
-        opts.env("REDIS_URL", &cluster_url())
-            .env("REDIS_KEY_PREFIX", prefix),
-    )
+/// A server whose Redis is the shared cluster, behind a key prefix of its own.
+fn server_on_cluster(opts: Opts) -> TestServer {
+    TestServer::start(opts.on_cluster(&cluster_url()))
 }
 
 /// The current sale's id, from Postgres (the earliest the rotator created).
@@ -185,14 +127,11 @@ fn current_sale(s: &TestServer) -> i64 {
 #[test]
 fn check_reads_a_sale_on_the_cluster() {
     cluster_seeds();
-    let prefix = unique_prefix("check");
-    let _cleanup = ClusterKeys {
-        prefix: prefix.clone(),
-    };
-    let s = server_on_cluster(&prefix, Opts::default().items(20).limit(5));
+    let s = server_on_cluster(Opts::default().items(20).limit(5));
+    let prefix = s.key_prefix();
     let sale = current_sale(&s);
     let keys = Keys::new(&prefix).unwrap();
-    let mut con = cluster_connection();
+    let mut con = s.redis();
 
     // The rotator's work, on the cluster.
     eventually(
@@ -344,72 +283,32 @@ fn a_server_refuses_seeds_that_contradict_the_mode() {
 #[test]
 fn too_few_replicas_for_wait_are_logged_at_start() {
     cluster_seeds();
-    let prefix = unique_prefix("wait");
-    let _cleanup = ClusterKeys {
-        prefix: prefix.clone(),
-    };
     let s = server_on_cluster(
-        &prefix,
         Opts::default()
             .items(5)
             .env("FLASHSALE_REDIS_WAIT_REPLICAS", "2"),
     );
-    let mut con = cluster_connection();
-    let masters = cluster_masters(&mut con);
     let log = std::fs::read_to_string(&s.log_path).unwrap();
     let warnings: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("fewer connected replicas than FLASHSALE_REDIS_WAIT_REPLICAS"))
         .collect();
+    let masters = master_urls(&cluster_url());
+    assert!(!masters.is_empty());
     for master in &masters {
+        let address = master.trim_start_matches("redis://");
         assert!(
-            warnings.iter().any(|l| l.contains(master.as_str())),
-            "no warning for {master}: {warnings:#?}"
+            warnings.iter().any(|l| l.contains(address)),
+            "no warning for {address}: {warnings:#?}"
         );
     }
 
     // Enough replicas (one each): no warning.
-    let prefix = unique_prefix("wait1");
-    let _cleanup = ClusterKeys {
-        prefix: prefix.clone(),
-    };
     let s = server_on_cluster(
-        &prefix,
         Opts::default()
             .items(5)
             .env("FLASHSALE_REDIS_WAIT_REPLICAS", "1"),
     );
     let log = std::fs::read_to_string(&s.log_path).unwrap();
     assert!(!log.contains("fewer connected replicas"), "{log}");
-}
-
-/// `host:port` of every master of the cluster.
-fn cluster_masters(con: &mut ClusterConnection) -> Vec<String> {
-    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-        "x",
-        SlotAddr::Master,
-    )));
-    let shards: redis::Value = con
-        .route_command(redis::cmd("CLUSTER").arg("SLOTS"), route)
-        .expect("CLUSTER SLOTS");
-    let redis::Value::Array(ranges) = shards else {
-        panic!("CLUSTER SLOTS: {shards:?}")
-    };
-    let mut masters: Vec<String> = ranges
-        .iter()
-        .filter_map(|range| match range {
-            redis::Value::Array(parts) => match parts.get(2) {
-                Some(redis::Value::Array(node)) => {
-                    let host: String = redis::from_redis_value(node[0].clone()).ok()?;
-                    let port: i64 = redis::from_redis_value(node[1].clone()).ok()?;
-                    Some(format!("{host}:{port}"))
-                }
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
-    masters.sort();
-    masters.dedup();
-    masters
 }
