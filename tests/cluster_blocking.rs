@@ -3,7 +3,8 @@
 //! rules (a cluster has only database 0). Runs against the shared local
 //! cluster (`scripts/services.sh cluster-start`), seeds from
 //! `TEST_REDIS_CLUSTER_URL`; every test writes under its own key prefix and
-//! never stops a node. An unreachable cluster fails the tests.
+//! never stops a node of it (a test that needs a dead node breaks a private
+//! `ClusterRig`). An unreachable cluster fails the tests.
 
 mod common;
 
@@ -11,10 +12,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use flashsale::error::ErrorKind;
+use flashsale::redis_client::blocking::{RedisEndpoint, eval};
 use flashsale::redis_client::keys::Keys;
+use flashsale::redis_client::scripts::Script;
 use flashsale::redis_client::seeds::{RedisMode, RedisSeeds, detect_mode};
 
-use common::cluster::{master_urls, shared_cluster_url};
+use common::cluster::{ClusterRig, master_urls, shared_cluster_url};
 use common::services::run_bounded;
 use common::*;
 
@@ -311,4 +314,79 @@ fn too_few_replicas_for_wait_are_logged_at_start() {
     );
     let log = std::fs::read_to_string(&s.log_path).unwrap();
     assert!(!log.contains("fewer connected replicas"), "{log}");
+}
+
+/// A script the blocking threads run on a cluster with a shard down (its
+/// master and replica dead, so no failover brings it back) still runs on the
+/// healthy master that owns its keys, also when that master has never seen
+/// it (NOSCRIPT, then EVAL there): loading it on every node first, as
+/// `redis::Script::invoke` does on a cluster, fails while any node is down.
+#[test]
+fn scripts_run_on_their_master_while_another_shard_is_down() {
+    let mut rig = ClusterRig::start();
+    for node in rig.nodes() {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-require-full-coverage")
+            .arg("no")
+            .query(&mut rig.node_connection(&node))
+            .expect("CONFIG SET cluster-require-full-coverage no");
+    }
+    let dead = rig.masters()[0].clone();
+    let dead_replica = rig.replica_of(&dead);
+    let key = (1..)
+        .map(|sale| Keys::default().meta(sale))
+        .find(|key| rig.master_of_slot(rig.keyslot(key)) != dead)
+        .unwrap();
+    rig.kill9(&dead_replica);
+    rig.kill9(&dead);
+
+    let endpoint = RedisEndpoint {
+        seeds: RedisSeeds::parse(&rig.seed_url()).unwrap(),
+        mode: RedisMode::Cluster,
+    };
+    let mut con = endpoint
+        .connect(Duration::from_secs(1), Duration::from_secs(2))
+        .expect("a connection with one shard down");
+    let script = Script::new(
+        "probe",
+        "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])",
+    );
+    let stored: String = eval(&mut con, &script, std::slice::from_ref(&key), |cmd| {
+        cmd.arg("ran");
+    })
+    .expect("the script runs on its own master");
+    assert_eq!(stored, "ran");
+}
+
+/// The rotator's index of sales (`{flashsale}:sales`), which a failover can
+/// lose like any write, is written again on the next tick for the current
+/// and the next sale.
+#[test]
+fn the_sale_index_comes_back_after_it_was_lost() {
+    cluster_seeds();
+    let s = server_on_cluster(Opts::default().items(5));
+    let keys = Keys::new(&s.key_prefix()).unwrap();
+    let sale = current_sale(&s);
+    let next = s.pg_i64("SELECT max(id) FROM sales", &[]);
+    let mut con = s.redis();
+    let indexed = |con: &mut common::cluster::RedisConn| {
+        let index: std::collections::HashMap<i64, String> = redis::cmd("HGETALL")
+            .arg(keys.sale_index())
+            .query(con)
+            .unwrap();
+        [sale, next]
+            .iter()
+            .all(|id| index.values().any(|e| e.starts_with(&format!("{id},"))))
+    };
+    eventually(Duration::from_secs(20), "both sales indexed", || {
+        indexed(&mut con)
+    });
+    let _: i64 = redis::cmd("DEL")
+        .arg(keys.sale_index())
+        .query(&mut con)
+        .unwrap();
+    eventually(Duration::from_secs(20), "both sales indexed again", || {
+        indexed(&mut con)
+    });
 }
