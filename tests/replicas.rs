@@ -124,3 +124,27 @@ fn a_retry_on_another_connection_waits_for_the_replica_too() {
     first.wait_pg_i64("SELECT count(*) FROM purchases", &[], 1);
     first.assert_consistent(sale.id);
 }
+
+/// A master with fewer replicas than `FLASHSALE_REDIS_WAIT_REPLICAS`: every
+/// purchase would answer 503, so the server says so at start, naming the
+/// master; with the replica it asks for, it says nothing.
+#[test]
+fn too_few_replicas_for_wait_are_logged_at_start() {
+    let dir = FaultDir::new();
+    let master = PrivateRedis::start(&dir);
+    let alone = waiting_for_one_replica(&master);
+    let warning = "fewer connected replicas than FLASHSALE_REDIS_WAIT_REPLICAS";
+    let log = std::fs::read_to_string(&alone.log_path).unwrap();
+    let address = format!("127.0.0.1:{}", master.port);
+    assert!(
+        log.lines()
+            .any(|l| l.contains(warning) && l.contains(&address)),
+        "no warning naming {address}: {log}"
+    );
+    drop(alone);
+
+    let _replica = PrivateRedis::start_replica(&dir, &master);
+    let served = waiting_for_one_replica(&master);
+    let log = std::fs::read_to_string(&served.log_path).unwrap();
+    assert!(!log.contains(warning), "{log}");
+}
