@@ -30,6 +30,9 @@ const CLUSTER_RETRY_MIN_MS: u64 = 10;
 const CLUSTER_RETRY_MAX_MS: u64 = 500;
 
 /// A blocking connection to a single Redis node or to a Redis Cluster.
+/// After an error its owner drops it and connects again from the seeds:
+/// the crate's cluster connection keeps dialing a dead master rather than
+/// reading the slot map anew, and a fresh one reads it.
 pub enum BlockingRedis {
     Single(redis::Connection),
     Cluster(Box<ClusterConnection>),
@@ -133,13 +136,6 @@ impl RedisEndpoint {
 }
 
 impl BlockingRedis {
-    pub fn mode(&self) -> RedisMode {
-        match self {
-            BlockingRedis::Single(_) => RedisMode::Single,
-            BlockingRedis::Cluster(_) => RedisMode::Cluster,
-        }
-    }
-
     /// Sends `cmd` to the master that owns `key`'s slot (on a single node,
     /// to the node), for commands the cluster client cannot route by their
     /// own keys: `SCAN` of one sale's keys, `TIME` of one master.
