@@ -14,6 +14,7 @@ use crate::clock::RedisClock;
 use crate::config::{Cli, Command, Config};
 use crate::error::Result;
 use crate::http::Limits;
+use crate::reconcile::ReconcileRequests;
 use crate::redis_client::RedisBackend;
 use crate::redis_client::blocking::RedisEndpoint;
 use crate::redis_client::cluster::Topology;
@@ -95,6 +96,7 @@ pub fn serve(config: Config) -> Result<()> {
     )
     .map_err(|e| error::Error::with_cause(error::ErrorKind::Internal, "writer thread", e))?;
 
+    let (reconcile_requests, reconcile_receiver) = ReconcileRequests::channel();
     let rotator_stop = Arc::new(AtomicBool::new(false));
     let rotator = rotator::spawn(
         rotator::RotatorConfig {
@@ -106,11 +108,12 @@ pub fn serve(config: Config) -> Result<()> {
             redis_timeout: config.redis_timeout().max(Duration::from_secs(1)),
             retention_ms: config.retention_ms(),
             checkouts_retention_days: config.checkouts_retention_days,
+            scripts: scripts.clone(),
         },
         pool.clone(),
         schedule.clone(),
         clock.clone(),
-        scripts.clone(),
+        reconcile_receiver,
         migrated,
         rotator_stop.clone(),
     )
@@ -134,6 +137,7 @@ pub fn serve(config: Config) -> Result<()> {
             clock,
             records,
             postgres,
+            reconcile_requests: Arc::new(reconcile_requests),
             limits: Limits {
                 max_request_line_bytes: config.max_request_line_bytes,
                 max_header_bytes: config.max_header_bytes,

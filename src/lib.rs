@@ -17,6 +17,8 @@
 //! - [`clock`]: this instance's estimate of Redis's clock, the one clock a
 //!   sale's life follows.
 //! - [`store`]: Postgres (pool, migrations, sale rows, the writer thread).
+//! - [`reconcile`]: a sale's Redis state made whole from Postgres after Redis
+//!   lost writes, and the cores' requests for it.
 //! - [`api`]: routes, parameters, JSON shapes; one `Api` per core.
 //! - [`rotator`]: the thread that prepares and publishes the sales.
 //! - [`server`]: the core threads, one monoio runtime each.
@@ -37,6 +39,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod reconcile;
 pub mod redis_client;
 pub mod rotator;
 pub mod sale;

@@ -222,6 +222,7 @@ pub struct WriterMetrics {
     outbox_retries: AtomicU64,
     dead_lettered: [AtomicU64; DEAD_LETTER_REASONS.len()],
     dead_letters: AtomicU64,
+    double_sales: AtomicU64,
 }
 
 /// Tables the writer counts rows for.
@@ -245,6 +246,7 @@ impl WriterMetrics {
             outbox_retries: AtomicU64::new(0),
             dead_lettered: [const { AtomicU64::new(0) }; DEAD_LETTER_REASONS.len()],
             dead_letters: AtomicU64::new(0),
+            double_sales: AtomicU64::new(0),
         }
     }
 
@@ -283,15 +285,48 @@ impl WriterMetrics {
         self.dead_letters.store(n, Ordering::Relaxed);
     }
 
+    /// Double sales newly recorded in the `double_sales` table.
+    pub fn double_sales(&self, n: u64) {
+        bump(&self.double_sales, n);
+    }
+
     pub fn dead_letters(&self) -> u64 {
         self.dead_letters.load(Ordering::Relaxed)
     }
 }
 
-/// Every core's metrics plus the writer's, and the process's clock offset.
+/// What the reconciles of sales with Postgres count (see `reconcile`).
+pub struct ReconcileMetrics {
+    reconciles: AtomicU64,
+    restored_items: AtomicU64,
+}
+
+impl ReconcileMetrics {
+    const fn new() -> Self {
+        ReconcileMetrics {
+            reconciles: AtomicU64::new(0),
+            restored_items: AtomicU64::new(0),
+        }
+    }
+
+    /// One reconcile of an existing sale, which put back `restored` items.
+    pub fn reconciled(&self, restored: u64) {
+        bump(&self.reconciles, 1);
+        self.restored_items(restored);
+    }
+
+    /// Items Postgres recorded as sold that Redis had lost, put back.
+    pub fn restored_items(&self, n: u64) {
+        bump(&self.restored_items, n);
+    }
+}
+
+/// Every core's metrics plus the writer's and the reconciles', and the
+/// process's clock offset.
 pub struct Registry {
     cores: Mutex<Vec<Arc<CoreMetrics>>>,
     pub writer: WriterMetrics,
+    pub reconcile: ReconcileMetrics,
     /// Redis's clock minus this host's wall clock (µs), last measured.
     clock_offset_us: AtomicI64,
 }
@@ -307,6 +342,7 @@ impl Registry {
         Registry {
             cores: Mutex::new(Vec::new()),
             writer: WriterMetrics::new(),
+            reconcile: ReconcileMetrics::new(),
             clock_offset_us: AtomicI64::new(0),
         }
     }
@@ -409,7 +445,7 @@ impl Registry {
             );
         }
 
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 12] = [
             (
                 "flashsale_items_sold_total",
                 "Items sold by purchases answered by this process.",
@@ -454,6 +490,21 @@ impl Registry {
                 "flashsale_outbox_retries_total",
                 "Outbox entries Postgres could not take yet (a row they reference is missing), per attempt; they stay in the outbox and are retried.",
                 self.writer.outbox_retries.load(Ordering::Relaxed),
+            ),
+            (
+                "flashsale_double_sales_total",
+                "Purchases Postgres refused because it records their item as bought by another purchase (a double sale after Redis lost writes); each is in the double_sales table.",
+                self.writer.double_sales.load(Ordering::Relaxed),
+            ),
+            (
+                "flashsale_reconciles_total",
+                "Reconciles of a sale's Redis state with Postgres (after a fence or a gap) this process ran.",
+                self.reconcile.reconciles.load(Ordering::Relaxed),
+            ),
+            (
+                "flashsale_reconcile_restored_items_total",
+                "Items Postgres recorded as sold that Redis had lost, put back by this process (reconciles and sale restores).",
+                self.reconcile.restored_items.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in counters {

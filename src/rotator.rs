@@ -6,7 +6,11 @@
 //! clock is off prepares and serves the same sales as the others.
 //! Creation is idempotent (unique start in Postgres, create-if-absent in
 //! Redis), so several instances may race and still make one sale a period.
+//! The rotator also runs the reconciles (`reconcile`): when a core asks
+//! (its sale was fenced), and when the gap check, every few seconds, finds
+//! an item Postgres records as sold that Redis does not.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -14,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use crate::clock::RedisClock;
 use crate::error::{Error, ErrorKind, Result};
-use crate::redis_client::blocking::{BlockingRedis, RedisEndpoint, eval};
+use crate::reconcile::{self, Outcome, ReconcileReceiver, Recorded, Step};
+use crate::redis_client::blocking::{BlockingRedis, RedisEndpoint};
 use crate::redis_client::keys::Keys;
-use crate::redis_client::scripts::{Script, Scripts};
+use crate::redis_client::scripts::Scripts;
 use crate::sale::schedule::{Schedule, SharedSchedule};
 use crate::sale::{SaleInfo, period_start};
 use crate::store::PgPool;
@@ -25,6 +30,9 @@ use crate::store::sales::{SaleRow, ensure_sale, purchases_of};
 
 /// How often the offset to Redis's clock is measured.
 const CLOCK_MEASURE_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the open sale's Redis bitmap is compared with Postgres.
+const GAP_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 pub struct RotatorConfig {
     pub period_secs: i64,
@@ -38,32 +46,8 @@ pub struct RotatorConfig {
     pub retention_ms: i64,
     /// Days of `checkouts` partitions kept in Postgres (0: all).
     pub checkouts_retention_days: u32,
-}
-
-/// What Postgres recorded of a sale, in init_sale.lua's argument format.
-#[derive(Debug, PartialEq, Eq)]
-struct Restore {
-    /// csv of sold item numbers
-    sold_items: String,
-    /// Each buyer and how many items they bought, by user id.
-    user_counts: Vec<(i64, u32)>,
-}
-
-impl Restore {
-    fn from_purchases(sale: &SaleInfo, purchases: &[(i64, i64)]) -> Self {
-        let mut numbers = Vec::with_capacity(purchases.len());
-        let mut per_user: std::collections::BTreeMap<i64, u32> = Default::default();
-        for &(item, user) in purchases {
-            if let Some(n) = sale.item_number(item) {
-                numbers.push(n.to_string());
-                *per_user.entry(user).or_default() += 1;
-            }
-        }
-        Restore {
-            sold_items: numbers.join(","),
-            user_counts: per_user.into_iter().collect(),
-        }
-    }
+    /// The Lua scripts (the rotator runs init_sale.lua).
+    pub scripts: Arc<Scripts>,
 }
 
 struct Rotator {
@@ -73,8 +57,13 @@ struct Rotator {
     clock: Arc<RedisClock>,
     /// When the clock was last measured.
     measured_at: Option<Instant>,
-    scripts: Arc<Scripts>,
     redis: Option<BlockingRedis>,
+    /// Sales the cores ask to reconcile (their scripts answered `fenced`).
+    reconcile_requests: ReconcileReceiver,
+    /// When the open sale was last compared with Postgres.
+    gap_checked_at: Option<Instant>,
+    /// Sales whose last reconcile failed (logged once until one succeeds).
+    reconcile_failing: BTreeSet<i64>,
     /// Sales published so far, oldest first (the last few are kept).
     prepared: Vec<SaleInfo>,
     /// Whether the migrations are applied (main applies them when Postgres
@@ -91,7 +80,7 @@ pub fn spawn(
     pool: PgPool,
     schedule: Arc<SharedSchedule>,
     clock: Arc<RedisClock>,
-    scripts: Arc<Scripts>,
+    reconcile_requests: ReconcileReceiver,
     migrated: bool,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -102,8 +91,10 @@ pub fn spawn(
         schedule,
         clock,
         measured_at: None,
-        scripts,
         redis: None,
+        reconcile_requests,
+        gap_checked_at: None,
+        reconcile_failing: BTreeSet::new(),
         prepared: Vec::new(),
         migrated,
         using_index: false,
@@ -141,7 +132,96 @@ impl Rotator {
                 }
             }
             self.keep_partitions();
-            std::thread::sleep(tick);
+            self.check_gap();
+            self.wait_for_requests(tick);
+        }
+    }
+
+    /// Sleeps up to `tick`, reconciling at once every sale a core asks for.
+    fn wait_for_requests(&mut self, tick: Duration) {
+        let Ok(first) = self.reconcile_requests.recv_timeout(tick) else {
+            return;
+        };
+        let mut asked = BTreeSet::from([first]);
+        asked.extend(self.reconcile_requests.try_iter());
+        for sale_id in asked {
+            let sale = self.prepared.iter().find(|s| s.id == sale_id).copied();
+            if let Some(sale) = sale {
+                self.reconcile(&sale, "fenced");
+            }
+        }
+    }
+
+    /// Every `GAP_CHECK_EVERY`: when Postgres records an item of the open
+    /// sale as sold and Redis's bitmap does not have it (Redis lost writes:
+    /// a crash past its last AOF fsync, a failover), reconciles the sale.
+    /// This also covers a purchase the writer committed from a dead
+    /// master's outbox after a reconcile had read Postgres.
+    fn check_gap(&mut self) {
+        if self
+            .gap_checked_at
+            .is_some_and(|t| t.elapsed() < GAP_CHECK_EVERY)
+        {
+            return;
+        }
+        self.gap_checked_at = Some(Instant::now());
+        let now = self.clock.now_ms();
+        let Some(sale) = self
+            .prepared
+            .iter()
+            .find(|s| s.starts_at * 1000 <= now && now < s.ends_at * 1000)
+            .copied()
+        else {
+            return;
+        };
+        match self.gap(&sale) {
+            Ok(0) => {}
+            Ok(missing) => {
+                tracing::warn!(
+                    sale_id = sale.id,
+                    missing,
+                    "postgres records items as sold that redis does not have; reconciling"
+                );
+                self.reconcile(&sale, "gap");
+            }
+            Err(e) => tracing::debug!(sale_id = sale.id, error = %e, "gap check failed"),
+        }
+    }
+
+    /// Items Postgres records as sold that the sale's Redis bitmap lacks.
+    fn gap(&mut self, sale: &SaleInfo) -> Result<usize> {
+        let recorded = purchases_of(&mut *self.pool.get()?, sale.id)?;
+        if recorded.is_empty() {
+            return Ok(0);
+        }
+        let bitmap: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.config.keys.sold(sale.id))
+            .query(self.redis()?)?;
+        Ok(Recorded::from_purchases(sale, &recorded).missing_from(&bitmap.unwrap_or_default()))
+    }
+
+    /// Reconciles `sale` (see `reconcile`); a failure is logged once and
+    /// leaves the sale as it was (fenced, if it was): the next request or
+    /// gap check tries again. Postgres down keeps a fenced sale fenced.
+    fn reconcile(&mut self, sale: &SaleInfo, trigger: &'static str) {
+        match self.run_init_sale(sale, Step::Reconcile) {
+            Ok(_) => {
+                self.reconcile_failing.remove(&sale.id);
+            }
+            Err(e) => {
+                if self.reconcile_failing.insert(sale.id) {
+                    tracing::error!(
+                        sale_id = sale.id,
+                        trigger,
+                        error = %e,
+                        "could not reconcile the sale with postgres; a fenced sale stays fenced until this succeeds"
+                    );
+                }
+                if e.kind() == ErrorKind::Postgres {
+                    crate::metrics::registry().writer.postgres_error();
+                }
+                self.redis = None;
+            }
         }
     }
 
@@ -272,16 +352,22 @@ impl Rotator {
             .ok_or_else(|| Error::new(ErrorKind::RedisUnavailable, "no redis connection"))
     }
 
+    /// Creates the sale in Redis when Redis does not hold it (new, or lost).
     fn init_redis(&mut self, sale: &SaleInfo) -> Result<()> {
         let meta = self.config.keys.meta(sale.id);
         let exists: bool = redis::cmd("EXISTS").arg(&meta).query(self.redis()?)?;
         if exists {
             return Ok(());
         }
-        // Missing: a new sale, or one Redis lost. Bring back what Postgres
-        // recorded, so that no item sells twice and no limit resets.
-        let recorded = purchases_of(&mut *self.pool.get()?, sale.id)?;
-        let restore = Restore::from_purchases(sale, &recorded);
+        self.run_init_sale(sale, Step::Create).map(drop)
+    }
+
+    /// Runs lua/init_sale.lua for `sale` with what Postgres recorded of it,
+    /// so that no item sells twice and no limit resets; logs and counts
+    /// what came back.
+    fn run_init_sale(&mut self, sale: &SaleInfo, step: Step) -> Result<Outcome> {
+        let purchases = purchases_of(&mut *self.pool.get()?, sale.id)?;
+        let recorded = Recorded::from_purchases(sale, &purchases);
         let retention_ms = self.config.retention_ms;
         self.redis()?;
         let Some(con) = self.redis.as_mut() else {
@@ -290,38 +376,46 @@ impl Rotator {
                 "no redis connection",
             ));
         };
-        let keys = &self.config.keys;
-        let mut script_keys = vec![meta, keys.sold(sale.id)];
-        for &(user, _) in &restore.user_counts {
-            script_keys.push(keys.user(sale.id, user));
-        }
-        let init_sale: &Script = &self.scripts.init_sale;
-        let created: i64 = eval(con, init_sale, &script_keys, |cmd| {
-            cmd.arg(sale.id)
-                .arg(sale.starts_at)
-                .arg(sale.ends_at)
-                .arg(sale.items)
-                .arg(sale.user_limit)
-                .arg(sale.ends_at * 1000 + retention_ms)
-                .arg(&restore.sold_items);
-            for &(_, count) in &restore.user_counts {
-                cmd.arg(count);
-            }
-        })?;
-        if created == -1 {
-            tracing::debug!(
+        let outcome = reconcile::init_sale(
+            con,
+            &self.config.scripts.init_sale,
+            &self.config.keys,
+            sale,
+            retention_ms,
+            &recorded,
+            step,
+        )?;
+        let metrics = &crate::metrics::registry().reconcile;
+        match &outcome {
+            Outcome::Ended => tracing::debug!(
                 sale_id = sale.id,
                 "sale already ended by Redis's clock; not created in Redis"
-            );
+            ),
+            Outcome::Exists => {}
+            Outcome::Created { restored, node } => {
+                metrics.restored_items(*restored);
+                if !recorded.numbers.is_empty() {
+                    tracing::warn!(
+                        sale_id = sale.id,
+                        node = %node,
+                        items_sold = recorded.numbers.len(),
+                        restored,
+                        "redis had lost this sale; restored its sold items and user counts from postgres"
+                    );
+                }
+            }
+            Outcome::Reconciled { restored, node } => {
+                metrics.reconciled(*restored);
+                tracing::warn!(
+                    sale_id = sale.id,
+                    node = %node,
+                    restored,
+                    items_recorded = recorded.numbers.len(),
+                    "sale reconciled with postgres: items it records as sold are sold in redis, user counts at least its own, state stamped with its node"
+                );
+            }
         }
-        if created == 1 && !recorded.is_empty() {
-            tracing::warn!(
-                sale_id = sale.id,
-                items_sold = recorded.len(),
-                "redis had lost this sale; restored its sold items and user counts from postgres"
-            );
-        }
-        Ok(())
+        Ok(outcome)
     }
 }
 
@@ -358,28 +452,5 @@ mod tests {
         );
         assert_eq!(parse_index_entry(0, "7,7200,10000"), None);
         assert_eq!(parse_index_entry(0, "x,1,2,3"), None);
-    }
-
-    #[test]
-    fn restore_lists_items_and_counts_per_user() {
-        let sale = SaleInfo {
-            id: 3,
-            starts_at: 0,
-            ends_at: 60,
-            items: 10,
-            user_limit: 5,
-        };
-        let purchases = [
-            (3_000_001, 7),
-            (3_000_004, 7),
-            (3_000_010, 9),
-            (4_000_001, 7),
-        ];
-        let restore = Restore::from_purchases(&sale, &purchases);
-        assert_eq!(restore.sold_items, "1,4,10");
-        assert_eq!(restore.user_counts, [(7, 2), (9, 1)]);
-        let none = Restore::from_purchases(&sale, &[]);
-        assert_eq!(none.sold_items, "");
-        assert!(none.user_counts.is_empty());
     }
 }

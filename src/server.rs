@@ -21,6 +21,7 @@ use crate::config::DriverChoice;
 use crate::event::Event;
 use crate::http::Limits;
 use crate::metrics::registry;
+use crate::reconcile::ReconcileRequests;
 use crate::redis_client::batch::BatchLimits;
 use crate::redis_client::keys::Keys;
 use crate::redis_client::scripts::Scripts;
@@ -49,6 +50,8 @@ pub struct CoreSetup {
     pub clock: Arc<crate::clock::RedisClock>,
     pub records: RecordSender,
     pub postgres: Arc<PostgresHealth>,
+    /// Where a core asks for a fenced sale to be reconciled.
+    pub reconcile_requests: Arc<ReconcileRequests>,
     pub limits: Limits,
     pub retention_ms: i64,
     pub max_conns: usize,
@@ -213,6 +216,7 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
         clock: setup.clock.clone(),
         records: setup.records.clone(),
         postgres: setup.postgres.clone(),
+        reconcile_requests: setup.reconcile_requests.clone(),
         metrics: metrics.clone(),
         retention_ms: setup.retention_ms,
         max_in_flight: setup.max_in_flight,

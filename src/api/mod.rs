@@ -21,6 +21,7 @@ use crate::http::request::ParseError;
 use crate::http::response::{ResponseHead, error_body};
 use crate::http::{Handler, Method, RequestHead};
 use crate::metrics::{CoreMetrics, Route};
+use crate::reconcile::ReconcileRequests;
 use crate::redis_client::batch::{BatchLimits, Batcher};
 use crate::redis_client::keys::Keys;
 use crate::redis_client::{RedisClient, server_reply};
@@ -48,6 +49,8 @@ pub struct ApiDeps {
     pub clock: Arc<RedisClock>,
     pub records: RecordSender,
     pub postgres: Arc<PostgresHealth>,
+    /// Where a fenced sale is asked to be reconciled (the rotator runs it).
+    pub reconcile_requests: Arc<ReconcileRequests>,
     pub metrics: Arc<CoreMetrics>,
     /// How long Redis keeps a sale's users and codes after it ends (ms).
     pub retention_ms: i64,
@@ -195,12 +198,15 @@ impl Api {
     }
 
     /// A script refused to run on a node its sale's state was not
-    /// reconciled on.
+    /// reconciled on: asks for the reconcile (at most once a second per
+    /// sale, logged only then) and answers 503 meanwhile.
     fn fenced(&self, sale_id: i64) -> Reject {
-        tracing::warn!(
-            sale_id,
-            "sale state fenced on its redis node: waiting for the reconcile"
-        );
+        if self.deps.reconcile_requests.request(sale_id) {
+            tracing::warn!(
+                sale_id,
+                "sale state fenced on its redis node: asked for a reconcile with postgres"
+            );
+        }
         SALE_FENCED
     }
 

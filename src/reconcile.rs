@@ -1,0 +1,249 @@
+//! A sale's Redis state made whole again from what Postgres recorded, and
+//! stamped with the id of the Redis node that holds it (lua/init_sale.lua,
+//! one atomic step). Redis decides, but Redis can lose its last writes: a
+//! failover to a replica that had not received them, or a single node that
+//! crashed past its last AOF fsync. Whatever of those reached Postgres is put
+//! back before the items can be sold again.
+//!
+//! Three triggers, all run on the rotator thread (`rotator`):
+//! - a core whose script answered `fenced` (the sale's slot is on another
+//!   node than the state was stamped with: a failover or a migration) sends
+//!   a `ReconcileRequests::request`, non-blocking and coalesced;
+//! - the gap check, every few seconds for the open sale: an item Postgres
+//!   records as sold that Redis's bitmap does not have;
+//! - the creation of a sale Redis does not hold (a new sale, or one Redis
+//!   lost entirely), as on every start.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::redis_client::blocking::eval;
+use crate::redis_client::keys::Keys;
+use crate::redis_client::scripts::Script;
+use crate::sale::SaleInfo;
+use crate::sale::sold_map::sold_numbers;
+
+/// Requests waiting for the rotator; more are dropped (the sale is already
+/// asked for, or is asked again a second later).
+const QUEUED_REQUESTS: usize = 64;
+
+/// How often one sale is asked for (and logged) at most, in ms.
+const REQUEST_EVERY_MS: i64 = 1_000;
+
+/// The cores' end of the reconcile requests: a fenced sale is asked for at
+/// most once a second per process, however many requests are fenced.
+pub struct ReconcileRequests {
+    tx: Sender<i64>,
+    epoch: Instant,
+    /// The sale last asked for, and when (ms since `epoch`).
+    last_sale: AtomicI64,
+    last_at_ms: AtomicI64,
+}
+
+/// The rotator's end: sale ids to reconcile.
+pub type ReconcileReceiver = Receiver<i64>;
+
+impl ReconcileRequests {
+    pub fn channel() -> (ReconcileRequests, ReconcileReceiver) {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUED_REQUESTS);
+        let requests = ReconcileRequests {
+            tx,
+            epoch: Instant::now(),
+            last_sale: AtomicI64::new(0),
+            last_at_ms: AtomicI64::new(-REQUEST_EVERY_MS),
+        };
+        (requests, rx)
+    }
+
+    /// Asks for `sale_id` to be reconciled; never blocks. Returns whether
+    /// this call sent the request (the first one in a second for the sale),
+    /// so that the caller logs once, not once per fenced request.
+    pub fn request(&self, sale_id: i64) -> bool {
+        let now = self.epoch.elapsed().as_millis() as i64;
+        let last_at = self.last_at_ms.load(Ordering::Relaxed);
+        if self.last_sale.load(Ordering::Relaxed) == sale_id && now - last_at < REQUEST_EVERY_MS {
+            return false;
+        }
+        if self
+            .last_at_ms
+            .compare_exchange(last_at, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return false; // another core asked just now
+        }
+        self.last_sale.store(sale_id, Ordering::Relaxed);
+        match self.tx.try_send(sale_id) {
+            Ok(()) | Err(TrySendError::Full(_)) => true,
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// What Postgres recorded of a sale, in init_sale.lua's argument format.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Recorded {
+    /// Sold item numbers.
+    pub numbers: Vec<u32>,
+    /// Each buyer and how many items they bought, by user id.
+    pub user_counts: Vec<(i64, u32)>,
+}
+
+impl Recorded {
+    /// From the sale's purchase rows, (item id, user id).
+    pub fn from_purchases(sale: &SaleInfo, purchases: &[(i64, i64)]) -> Self {
+        let mut numbers = Vec::with_capacity(purchases.len());
+        let mut per_user: BTreeMap<i64, u32> = BTreeMap::new();
+        for &(item, user) in purchases {
+            if let Some(n) = sale.item_number(item) {
+                numbers.push(n);
+                *per_user.entry(user).or_default() += 1;
+            }
+        }
+        numbers.sort_unstable();
+        Recorded {
+            numbers,
+            user_counts: per_user.into_iter().collect(),
+        }
+    }
+
+    /// Recorded items the sold bitmap does not have.
+    pub fn missing_from(&self, bitmap: &[u8]) -> usize {
+        let sold: std::collections::HashSet<u32> = sold_numbers(bitmap).collect();
+        self.numbers.iter().filter(|n| !sold.contains(n)).count()
+    }
+
+    fn numbers_csv(&self) -> String {
+        let mut csv = String::with_capacity(self.numbers.len() * 6);
+        for (i, n) in self.numbers.iter().enumerate() {
+            if i > 0 {
+                csv.push(',');
+            }
+            csv.push_str(&n.to_string());
+        }
+        csv
+    }
+}
+
+/// Which of init_sale.lua's two steps to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Create the sale when Redis does not hold it; nothing otherwise.
+    Create,
+    /// Create it when missing; otherwise reconcile it and stamp the node.
+    Reconcile,
+}
+
+/// What init_sale.lua did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Created {
+        restored: u64,
+        node: String,
+    },
+    Exists,
+    Reconciled {
+        restored: u64,
+        node: String,
+    },
+    /// The sale has ended by Redis's clock and Redis does not hold it.
+    Ended,
+}
+
+/// Runs lua/init_sale.lua (`script`) for `sale` with what Postgres recorded,
+/// on the node that owns the sale's keys.
+pub fn init_sale(
+    con: &mut dyn redis::ConnectionLike,
+    script: &Script,
+    keys: &Keys,
+    sale: &SaleInfo,
+    retention_ms: i64,
+    recorded: &Recorded,
+    step: Step,
+) -> Result<Outcome> {
+    let mut script_keys = vec![keys.meta(sale.id), keys.sold(sale.id)];
+    for &(user, _) in &recorded.user_counts {
+        script_keys.push(keys.user(sale.id, user));
+    }
+    let numbers = recorded.numbers_csv();
+    let (outcome, restored, node): (String, u64, String) =
+        eval(con, script, &script_keys, |cmd| {
+            cmd.arg(sale.id)
+                .arg(sale.starts_at)
+                .arg(sale.ends_at)
+                .arg(sale.items)
+                .arg(sale.user_limit)
+                .arg(sale.ends_at * 1000 + retention_ms)
+                .arg(&numbers)
+                .arg(match step {
+                    Step::Create => "create",
+                    Step::Reconcile => "reconcile",
+                });
+            for &(_, count) in &recorded.user_counts {
+                cmd.arg(count);
+            }
+        })?;
+    match outcome.as_str() {
+        "created" => Ok(Outcome::Created { restored, node }),
+        "exists" => Ok(Outcome::Exists),
+        "reconciled" => Ok(Outcome::Reconciled { restored, node }),
+        "ended" => Ok(Outcome::Ended),
+        other => Err(Error::new(
+            ErrorKind::Internal,
+            format!("init_sale.lua answered {other:?}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sale() -> SaleInfo {
+        SaleInfo {
+            id: 3,
+            starts_at: 0,
+            ends_at: 60,
+            items: 10,
+            user_limit: 5,
+        }
+    }
+
+    #[test]
+    fn recorded_lists_items_and_counts_per_user() {
+        let purchases = [
+            (3_000_010, 9),
+            (3_000_001, 7),
+            (3_000_004, 7),
+            (4_000_001, 7),
+        ];
+        let recorded = Recorded::from_purchases(&sale(), &purchases);
+        assert_eq!(recorded.numbers, [1, 4, 10]);
+        assert_eq!(recorded.numbers_csv(), "1,4,10");
+        assert_eq!(recorded.user_counts, [(7, 2), (9, 1)]);
+        let none = Recorded::from_purchases(&sale(), &[]);
+        assert_eq!(none.numbers_csv(), "");
+        assert!(none.user_counts.is_empty());
+    }
+
+    #[test]
+    fn missing_items_are_those_without_their_bit() {
+        let recorded = Recorded::from_purchases(&sale(), &[(3_000_001, 7), (3_000_010, 9)]);
+        // bit 0 (item 1) set; item 10 (bit 9) not
+        assert_eq!(recorded.missing_from(&[0b1000_0000]), 1);
+        assert_eq!(recorded.missing_from(&[0b1000_0000, 0b0100_0000]), 0);
+        assert_eq!(recorded.missing_from(&[]), 2);
+    }
+
+    #[test]
+    fn requests_are_coalesced_per_second() {
+        let (requests, rx) = ReconcileRequests::channel();
+        assert!(requests.request(5));
+        assert!(!requests.request(5));
+        assert!(requests.request(6), "another sale is asked for at once");
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [5, 6]);
+    }
+}
