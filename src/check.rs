@@ -2,7 +2,9 @@
 //! with its Postgres records and prints every difference. Purchases still in
 //! the outbox stream count as recorded-in-flight (unless Postgres records
 //! their item with another code: a double sale); purchases in the sale's
-//! dead letter are never recorded, and each is a difference. Exit status: 0 consistent,
+//! dead letter are never recorded, and each is a difference, as is each
+//! double sale the writer recorded in `double_sales` (a purchase answered
+//! `200` whose item Postgres records for another buyer). Exit status: 0 consistent,
 //! 1 differences, 2 could not check. Best run on a quiet sale; under traffic
 //! a purchase can land between two reads, so a differing result is re-read
 //! a few times before it is reported.
@@ -40,6 +42,9 @@ struct Snapshot {
     dead_letter_key: String,
     /// user id → `bought` counter in Redis (users whose keys have not expired).
     redis_bought: BTreeMap<i64, u64>,
+    /// Rows of `double_sales`: (item id, user id, code, recorded user id,
+    /// recorded code).
+    double_sales: Vec<(i64, i64, String, i64, String)>,
 }
 
 /// Runs the check and prints the report; returns the process exit status.
@@ -202,6 +207,15 @@ fn read(redis: &RedisEndpoint, keys: &Keys, database_url: &str, sale_id: i64) ->
             .pg_purchases
             .insert(row.get(0), (row.get(1), row.get(2)));
     }
+    for row in pg.query(
+        "SELECT item_id, user_id, code, recorded_user_id, recorded_code
+         FROM double_sales WHERE sale_id = $1 ORDER BY item_id, code",
+        &[&sale_id],
+    )? {
+        snapshot
+            .double_sales
+            .push((row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)));
+    }
     if snapshot.pg_sale.is_none() && snapshot.redis_meta.is_none() {
         return Err(Error::new(
             ErrorKind::NotFound,
@@ -287,6 +301,12 @@ fn differences(sale_id: i64, s: &Snapshot) -> Vec<String> {
                 s.dead_letters - s.dead_letter_sample.len() as u64
             ));
         }
+    }
+
+    for (item, user, code, recorded_user, recorded_code) in &s.double_sales {
+        out.push(format!(
+            "double sale: item {item} was sold to user {user} (code {code}), answered 200, but postgres records it for user {recorded_user} (code {recorded_code}); the purchase of user {user} is not recorded"
+        ));
     }
 
     // Recorded purchases: Postgres rows plus what waits in the outbox (a
@@ -411,6 +431,19 @@ mod tests {
         assert!(
             has("user 100: redis counts 2 bought, records show 3"),
             "{found:?}"
+        );
+    }
+
+    #[test]
+    fn recorded_double_sales_are_differences() {
+        let mut s = consistent();
+        s.double_sales
+            .push((7_000_001, 300, "c3".into(), 100, "c1".into()));
+        assert_eq!(
+            differences(7, &s),
+            [
+                "double sale: item 7000001 was sold to user 300 (code c3), answered 200, but postgres records it for user 100 (code c1); the purchase of user 300 is not recorded"
+            ]
         );
     }
 

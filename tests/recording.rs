@@ -215,4 +215,28 @@ fn a_double_sale_refused_by_postgres_is_never_silent() {
             && report.contains("reason=double_sale"),
         "{report}"
     );
+    assert_eq!(metric(&server, "flashsale_double_sales_total"), Some(1.0));
+    // Kept in Postgres with both buyers, so that losing Redis's dead letter
+    // (in the next failover) loses no report.
+    assert_eq!(
+        server.pg_i64(
+            "SELECT count(*) FROM double_sales WHERE sale_id = $1 AND item_id = $2 \
+             AND user_id = 52 AND code = $3 AND recorded_user_id = 999 \
+             AND recorded_code = 'another-code'",
+            &[&sale.id, &taken, &doubled]
+        ),
+        1
+    );
+    let _: i64 = redis::cmd("DEL")
+        .arg(&dead)
+        .query(&mut server.redis())
+        .expect("DEL dead letter");
+    let (status, report) = check(&server, sale.id);
+    assert_eq!(status, Some(1), "check must find differences:\n{report}");
+    assert!(
+        report.contains(&format!(
+            "double sale: item {taken} was sold to user 52 (code {doubled}), answered 200, but postgres records it for user 999 (code another-code)"
+        )),
+        "{report}"
+    );
 }

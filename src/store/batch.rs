@@ -27,10 +27,17 @@ const PURCHASES_SQL: &str = "INSERT INTO purchases (sale_id, item_id, user_id, c
      SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[])
      ON CONFLICT DO NOTHING";
 
-/// The codes recorded for the given (sale, item) pairs: run when the insert
-/// skipped rows, to tell a replay (same code) from a double sale.
-const RECORDED_CODES_SQL: &str = "SELECT p.item_id, p.code FROM purchases p
+/// The purchases recorded for the given (sale, item) pairs: run when the
+/// insert skipped rows, to tell a replay (same code) from a double sale.
+const RECORDED_CODES_SQL: &str = "SELECT p.item_id, p.code, p.user_id FROM purchases p
      JOIN UNNEST($1::bigint[], $2::bigint[]) AS r (sale_id, item_id) USING (sale_id, item_id)";
+
+/// Double sales, next to the purchase each lost to; once each.
+const DOUBLE_SALES_SQL: &str = "INSERT INTO double_sales
+     (sale_id, item_id, user_id, code, sold_at, recorded_user_id, recorded_code)
+     SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
+                          $5::timestamptz[], $6::bigint[], $7::text[])
+     ON CONFLICT DO NOTHING";
 
 /// Unix milliseconds as a `timestamptz` parameter.
 fn timestamp(ms: i64) -> SystemTime {
@@ -345,8 +352,11 @@ pub(crate) struct PurchasesWritten {
     pub(crate) new_users: u64,
     pub(crate) inserted: u64,
     /// Entries whose item Postgres already records as bought with another
-    /// code: a double sale, which the insert skipped.
+    /// code: a double sale, which the insert skipped and `double_sales`
+    /// records.
     pub(crate) double_sales: Vec<usize>,
+    /// Of those, how many `double_sales` did not have yet.
+    pub(crate) double_sales_recorded: u64,
 }
 
 /// Users, then purchases (idempotent), in one transaction that commits
@@ -355,7 +365,8 @@ pub(crate) struct PurchasesWritten {
 /// commits are asynchronous and a crash may have lost them, and the
 /// purchase's foreign key must hold in its own transaction. A row skipped
 /// by `ON CONFLICT` is a replay when the recorded purchase has the entry's
-/// code, and a double sale otherwise (reported, never inserted).
+/// code, and a double sale otherwise: never inserted into `purchases`, it
+/// goes into `double_sales` in the same transaction.
 pub(crate) fn insert_purchases(
     client: &mut Client,
     entries: &[OutboxEntry],
@@ -370,29 +381,89 @@ pub(crate) fn insert_purchases(
         &[&p.sale_ids, &p.item_ids, &p.user_ids, &p.codes, &created],
     )?;
     let mut double_sales = Vec::new();
+    let mut double_sales_recorded = 0;
     if inserted < entries.len() as u64 {
-        let recorded: HashMap<i64, String> = tx
+        let recorded: HashMap<i64, (String, i64)> = tx
             .query(RECORDED_CODES_SQL, &[&p.sale_ids, &p.item_ids])?
             .iter()
-            .map(|row| (row.get(0), row.get(1)))
+            .map(|row| (row.get(0), (row.get(1), row.get(2))))
             .collect();
         double_sales = double_sales_among(entries, &recorded);
+        if !double_sales.is_empty() {
+            let d = DoubleSaleColumns::build(entries, &double_sales, &recorded);
+            double_sales_recorded = tx.execute(
+                DOUBLE_SALES_SQL,
+                &[
+                    &d.sale_ids,
+                    &d.item_ids,
+                    &d.user_ids,
+                    &d.codes,
+                    &d.sold_at,
+                    &d.recorded_users,
+                    &d.recorded_codes,
+                ],
+            )?;
+        }
     }
     tx.commit()?;
     Ok(PurchasesWritten {
         new_users,
         inserted,
         double_sales,
+        double_sales_recorded,
     })
 }
 
+/// Columns of the `double_sales` rows of a batch.
+#[derive(Debug, Default)]
+struct DoubleSaleColumns {
+    sale_ids: Vec<i64>,
+    item_ids: Vec<i64>,
+    user_ids: Vec<i64>,
+    codes: Vec<String>,
+    sold_at: Vec<SystemTime>,
+    recorded_users: Vec<i64>,
+    recorded_codes: Vec<String>,
+}
+
+impl DoubleSaleColumns {
+    fn build(
+        entries: &[OutboxEntry],
+        double_sales: &[usize],
+        recorded: &HashMap<i64, (String, i64)>,
+    ) -> Self {
+        let mut cols = DoubleSaleColumns::default();
+        for &i in double_sales {
+            let e = &entries[i];
+            let Some((code, user)) = recorded.get(&e.item_id) else {
+                continue;
+            };
+            cols.sale_ids.push(e.sale_id);
+            cols.item_ids.push(e.item_id);
+            cols.user_ids.push(e.user_id);
+            cols.codes.push(e.code.clone());
+            cols.sold_at.push(timestamp(e.at_ms));
+            cols.recorded_users.push(*user);
+            cols.recorded_codes.push(code.clone());
+        }
+        cols
+    }
+}
+
 /// Entries (by index) whose item is recorded with another code. `recorded`
-/// maps item id → recorded code; a batch holds one sale's entries.
-fn double_sales_among(entries: &[OutboxEntry], recorded: &HashMap<i64, String>) -> Vec<usize> {
+/// maps item id → (recorded code, buyer); a batch holds one sale's entries.
+fn double_sales_among(
+    entries: &[OutboxEntry],
+    recorded: &HashMap<i64, (String, i64)>,
+) -> Vec<usize> {
     entries
         .iter()
         .enumerate()
-        .filter(|(_, e)| recorded.get(&e.item_id).is_some_and(|code| *code != e.code))
+        .filter(|(_, e)| {
+            recorded
+                .get(&e.item_id)
+                .is_some_and(|(code, _)| *code != e.code)
+        })
         .map(|(i, _)| i)
         .collect()
 }
@@ -621,12 +692,19 @@ mod tests {
             purchase("1-1", 2_000_002, 8),
             purchase("1-2", 2_000_003, 9),
         ];
-        let recorded: HashMap<i64, String> = [
-            (2_000_001, "code-7".to_string()), // a replay
-            (2_000_002, "code-5".to_string()), // sold with another code
+        let recorded: HashMap<i64, (String, i64)> = [
+            (2_000_001, ("code-7".to_string(), 7)), // a replay
+            (2_000_002, ("code-5".to_string(), 5)), // sold with another code
         ]
         .into();
         assert_eq!(double_sales_among(&entries, &recorded), vec![1]);
+        let cols = DoubleSaleColumns::build(&entries, &[1], &recorded);
+        assert_eq!(cols.item_ids, [2_000_002]);
+        assert_eq!((cols.user_ids[0], cols.recorded_users[0]), (8, 5));
+        assert_eq!(
+            (cols.codes[0].as_str(), cols.recorded_codes[0].as_str()),
+            ("code-8", "code-5")
+        );
     }
 
     #[test]

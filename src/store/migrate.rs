@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0004_checkouts_partitioned",
         include_str!("../../migrations/0004_checkouts_partitioned.sql"),
     ),
+    (
+        5,
+        "0005_double_sales",
+        include_str!("../../migrations/0005_double_sales.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serializes migrations across instances

@@ -674,6 +674,7 @@ impl Writer {
         let mut users = 0u64;
         let mut rows = 0u64;
         let mut double_sales: Vec<OutboxEntry> = Vec::new();
+        let mut new_double_sales = 0u64;
         let outcome = write_bisecting(
             entries,
             |part| {
@@ -681,12 +682,14 @@ impl Writer {
                 users += written.new_users;
                 rows += written.inserted;
                 double_sales.extend(written.double_sales.iter().map(|&i| part[i].clone()));
+                new_double_sales += written.double_sales_recorded;
                 Ok(())
             },
             classify,
         );
         drop(client);
         self.count_batch(Table::Purchases, rows, users, started.elapsed());
+        self.metrics.double_sales(new_double_sales);
         if !outcome.deferred.is_empty() {
             self.metrics.outbox_retries(outcome.deferred.len() as u64);
             tracing::warn!(
@@ -706,7 +709,7 @@ impl Writer {
         for entry in &double_sales {
             tracing::error!(
                 ?entry,
-                "double sale: Postgres records this item as bought with another code; the purchase is not recorded"
+                "double sale: Postgres records this item as bought with another code; the purchase is not recorded (kept in double_sales)"
             );
             dead.insert(&entry.stream_id);
         }
