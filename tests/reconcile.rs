@@ -27,7 +27,7 @@ fn counter(server: &TestServer, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
-fn redis_i64(redis: &mut redis::Connection, cmd: &redis::Cmd) -> i64 {
+fn redis_i64(redis: &mut impl redis::ConnectionLike, cmd: &redis::Cmd) -> i64 {
     let v: Option<i64> = cmd.query(redis).expect("redis command");
     v.unwrap_or(0)
 }
@@ -125,15 +125,7 @@ const PURCHASE: &str = include_str!("../lua/purchase.lua");
 
 /// The first seed of the shared local cluster.
 fn cluster_seed() -> String {
-    std::env::var("TEST_REDIS_CLUSTER_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "redis://127.0.0.1:7000".to_string())
-        .split(',')
-        .next()
-        .unwrap()
-        .trim()
-        .to_string()
+    cluster::seeds(&cluster::shared_cluster_url())[0].clone()
 }
 
 /// A connection to the master that owns `key`'s slot, and its node id.
