@@ -51,4 +51,9 @@ cargo clippy --all-targets -- -D warnings
 stage "test: cargo test --lib --bins --tests $*"
 cargo test --lib --bins --tests "$@"
 
+# The API suite once more with every server on the local Redis Cluster, each on
+# a key prefix of its own instead of a database number.
+stage "test on the Redis Cluster: FLASHSALE_TEST_REDIS=cluster cargo test --test api $*"
+FLASHSALE_TEST_REDIS=cluster cargo test --test api "$@"
+
 stage "all stages passed"
