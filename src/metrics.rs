@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use crate::redis_client::{Redirect, RedirectObserver};
+
 /// The routes requests are counted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -110,6 +112,12 @@ impl<const N: usize> Histogram<N> {
     }
 }
 
+impl RedirectObserver for CoreMetrics {
+    fn redirected(&self, redirect: Redirect) {
+        bump(&self.redis_redirects[redirect as usize], 1);
+    }
+}
+
 impl crate::redis_client::batch::BatchObserver for CoreMetrics {
     fn batch_sent(&self, script: &'static str, calls: usize) {
         if let Some(i) = BATCHED_SCRIPTS.iter().position(|&s| s == script) {
@@ -132,6 +140,7 @@ pub struct CoreMetrics {
     items_sold: AtomicU64,
     answered_from_sold_map: AtomicU64,
     redis_errors: AtomicU64,
+    redis_redirects: [AtomicU64; Redirect::ALL.len()],
     shed: AtomicU64,
     writer_queue_full: AtomicU64,
     connections_open: AtomicU64,
@@ -150,6 +159,7 @@ impl CoreMetrics {
             items_sold: AtomicU64::new(0),
             answered_from_sold_map: AtomicU64::new(0),
             redis_errors: AtomicU64::new(0),
+            redis_redirects: [const { AtomicU64::new(0) }; Redirect::ALL.len()],
             shed: AtomicU64::new(0),
             writer_queue_full: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
@@ -442,6 +452,17 @@ impl Registry {
             let _ = writeln!(
                 out,
                 "flashsale_checkout_outcomes_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+
+        out.push_str("# HELP flashsale_redis_redirects_total Redis Cluster replies that made a call go again: moved (the slot has a new owner), ask (the slot is migrating), retry (TRYAGAIN, CLUSTERDOWN, MASTERDOWN, LOADING, READONLY).\n");
+        out.push_str("# TYPE flashsale_redis_redirects_total counter\n");
+        for redirect in Redirect::ALL {
+            let n = sum(&|c| &c.redis_redirects[redirect as usize]);
+            let _ = writeln!(
+                out,
+                "flashsale_redis_redirects_total{{kind=\"{}\"}} {n}",
+                redirect.name()
             );
         }
 

@@ -192,17 +192,19 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
             return;
         }
     };
+    let metrics = registry().register_core();
     let redis = RedisClient::start(
         setup.redis.clone(),
         setup.scripts.clone(),
         setup.redis_timeout,
+        metrics.clone(),
     );
-    let metrics = registry().register_core();
     let purchase_redis = if setup.wait_replicas > 0 {
         RedisClient::start(
             setup.redis.clone(),
             setup.scripts.clone(),
             setup.redis_timeout,
+            metrics.clone(),
         )
     } else {
         redis.clone()

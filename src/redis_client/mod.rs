@@ -90,6 +90,7 @@ pub struct RedisClient {
 
 struct Inner {
     routes: Routes,
+    observer: Arc<dyn RedirectObserver>,
     /// The fence of a single node: none.
     no_fence: Rc<str>,
     scripts: Arc<Scripts>,
@@ -135,6 +136,35 @@ enum Hop {
     To { addr: String, asking: bool },
 }
 
+/// A Redis Cluster reply that made a call go again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirect {
+    /// `MOVED`: the slot has another owner (a migration ended, a failover).
+    Moved,
+    /// `ASK`: the slot is migrating and the keys are on the target.
+    Ask,
+    /// `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `LOADING`, `READONLY`: sent
+    /// again after a pause.
+    Retry,
+}
+
+impl Redirect {
+    pub const ALL: [Redirect; 3] = [Redirect::Moved, Redirect::Ask, Redirect::Retry];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Redirect::Moved => "moved",
+            Redirect::Ask => "ask",
+            Redirect::Retry => "retry",
+        }
+    }
+}
+
+/// Sees each redirect a core's client followed, for metrics.
+pub trait RedirectObserver {
+    fn redirected(&self, redirect: Redirect);
+}
+
 /// Most redirects one call follows before it gives up.
 const MAX_HOPS: usize = 8;
 /// First and longest pause before retrying `TRYAGAIN` / `CLUSTERDOWN`.
@@ -143,7 +173,12 @@ const RETRY_MOST: Duration = Duration::from_millis(100);
 
 impl RedisClient {
     /// Creates the client and starts its connection tasks on the current runtime.
-    pub fn start(backend: RedisBackend, scripts: Arc<Scripts>, timeout: Duration) -> Self {
+    pub fn start(
+        backend: RedisBackend,
+        scripts: Arc<Scripts>,
+        timeout: Duration,
+        observer: Arc<dyn RedirectObserver>,
+    ) -> Self {
         let stop = Event::new();
         let routes = match backend {
             RedisBackend::Single(target) => {
@@ -165,6 +200,7 @@ impl RedisClient {
         let client = RedisClient {
             inner: Rc::new(Inner {
                 routes,
+                observer,
                 no_fence: Rc::from(""),
                 scripts,
                 timeout,
@@ -376,6 +412,7 @@ impl RedisClient {
                     }
                 }
                 Some(ServerErrorKind::Moved) => {
+                    self.inner.observer.redirected(Redirect::Moved);
                     self.request_refresh();
                     hop = Hop::To {
                         addr: redirect_addr(e.details(), &node.target.host)?,
@@ -383,6 +420,7 @@ impl RedisClient {
                     };
                 }
                 Some(ServerErrorKind::Ask) => {
+                    self.inner.observer.redirected(Redirect::Ask);
                     hop = Hop::To {
                         addr: redirect_addr(e.details(), &node.target.host)?,
                         asking: true,
@@ -395,6 +433,7 @@ impl RedisClient {
                     | ServerErrorKind::BusyLoading
                     | ServerErrorKind::ReadOnly,
                 ) if matches!(self.inner.routes, Routes::Cluster(_)) => {
+                    self.inner.observer.redirected(Redirect::Retry);
                     if e.kind() != Some(ServerErrorKind::TryAgain) {
                         self.request_refresh();
                     }
