@@ -464,5 +464,19 @@ fn the_sales_slot_moves_to_another_master_while_both_instances_sell() {
     };
     assert_eq!(keys_on(&from), 0, "sale keys left on the old master");
     assert!(keys_on(&to) > 0, "the sale's keys on the new master");
+    // The servers followed the move through the cluster's redirects (a
+    // request that reached the old master after the move, or a key that
+    // had moved during it), not only through their periodic map refresh.
+    let redirects: f64 = [&a, &b]
+        .iter()
+        .flat_map(|s| {
+            ["moved", "ask", "retry"]
+                .map(|k| s.metric(&format!("flashsale_redis_redirects_total{{kind=\"{k}\"}}")))
+        })
+        .sum();
+    assert!(
+        redirects > 0.0,
+        "no MOVED, ASK or TRYAGAIN followed during the move"
+    );
     assert_sold_exactly(&a, sale.id, LIMIT, &tally);
 }

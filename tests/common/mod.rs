@@ -687,6 +687,18 @@ impl TestServer {
         value as i64
     }
 
+    /// The value of one sample of /metrics, by its full name with labels
+    /// (`flashsale_redis_redirects_total{kind="moved"}`).
+    pub fn metric(&self, sample: &str) -> f64 {
+        let r = self.get("/metrics");
+        r.assert_status(200);
+        let text = r.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {sample} in /metrics:\n{text}"))
+    }
+
     /// A new keep-alive connection to the server.
     pub fn connect(&self) -> Conn {
         Conn::connect(self.addr)
