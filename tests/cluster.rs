@@ -26,6 +26,15 @@ use simd_json::prelude::*;
 /// new master) well within this.
 const RETRY_DEADLINE: Duration = Duration::from_secs(60);
 
+/// `flashsale_redis_redirects_total{kind="<kind>"}` of a server.
+fn redirects(s: &TestServer, kind: &str) -> u64 {
+    let name = format!("flashsale_redis_redirects_total{{kind=\"{kind}\"}}");
+    let text = s.get("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
 fn on_shared_cluster(items: u32, limit: u32) -> Opts {
     Opts::default()
         .items(items)
@@ -453,6 +462,19 @@ fn the_sales_slot_moves_to_another_master_while_both_instances_sell() {
     assert!(
         last > first,
         "no request reached the servers while the slot was moving"
+    );
+    let followed: BTreeMap<&str, u64> = ["moved", "ask", "retry"]
+        .into_iter()
+        .map(|kind| (kind, redirects(&a, kind) + redirects(&b, kind)))
+        .collect();
+    eprintln!("[cluster] redirects the servers followed: {followed:?}");
+    assert!(
+        followed["ask"] > 0,
+        "no ASK followed during the move: {followed:?}"
+    );
+    assert!(
+        followed["moved"] > 0,
+        "no MOVED followed after the move: {followed:?}"
     );
     assert_eq!(rig.master_of_slot(slot), to);
     let keys_on = |node| -> i64 {
