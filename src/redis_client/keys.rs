@@ -6,8 +6,6 @@
 //! alone, and one sale lives in one Redis Cluster slot. The layout is
 //! described in lua/checkout.lua.
 
-use std::io::Write;
-
 /// Why a key prefix is refused.
 pub const PREFIX_BRACES: &str = "may not contain '{' or '}': Redis Cluster hashes a key from its first '{' to the next '}', so a brace in the prefix would move every sale into one slot";
 
@@ -58,11 +56,30 @@ impl Keys {
     /// The Redis Cluster hash slot of every key of sale `sale_id` (the slot
     /// of its hash tag `sale:S`).
     pub fn sale_slot(sale_id: i64) -> u16 {
+        // "sale:" and the id's digits, on the stack (this runs per call).
         let mut tag = [0u8; 32];
-        let mut w = &mut tag[..];
-        let _ = write!(w, "sale:{sale_id}");
-        let len = 32 - w.len();
-        super::cluster::key_slot(&tag[..len])
+        tag[..5].copy_from_slice(b"sale:");
+        let mut digits = [0u8; 20];
+        let mut n = sale_id.unsigned_abs();
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut end = 5;
+        if sale_id < 0 {
+            tag[end] = b'-';
+            end += 1;
+        }
+        for &d in digits[..len].iter().rev() {
+            tag[end] = d;
+            end += 1;
+        }
+        super::cluster::key_slot(&tag[..end])
     }
 
     pub fn meta(&self, sale_id: i64) -> String {
@@ -169,7 +186,7 @@ mod tests {
     #[test]
     fn a_sales_slot_is_its_keys_slot() {
         let keys = Keys::new("shop-a:").unwrap();
-        for sale in [1, 42, 493_000, i64::MAX] {
+        for sale in [1, 42, 493_000, i64::MAX, 0, -7, i64::MIN] {
             let slot = Keys::sale_slot(sale);
             for key in [keys.meta(sale), keys.user(sale, 7), keys.outbox(sale)] {
                 assert_eq!(
