@@ -28,11 +28,9 @@ const RETRY_DEADLINE: Duration = Duration::from_secs(60);
 
 /// `flashsale_redis_redirects_total{kind="<kind>"}` of a server.
 fn redirects(s: &TestServer, kind: &str) -> u64 {
-    let name = format!("flashsale_redis_redirects_total{{kind=\"{kind}\"}}");
-    let text = s.get("/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    s.metric(&format!(
+        "flashsale_redis_redirects_total{{kind=\"{kind}\"}}"
+    )) as u64
 }
 
 fn on_shared_cluster(items: u32, limit: u32) -> Opts {
@@ -467,6 +465,9 @@ fn the_sales_slot_moves_to_another_master_while_both_instances_sell() {
         .into_iter()
         .map(|kind| (kind, redirects(&a, kind) + redirects(&b, kind)))
         .collect();
+    // The servers followed the move through the cluster's redirects, not
+    // only through their periodic map refresh: ASK for keys already moved
+    // during it, MOVED from the old master after it.
     eprintln!("[cluster] redirects the servers followed: {followed:?}");
     assert!(
         followed["ask"] > 0,
@@ -486,19 +487,5 @@ fn the_sales_slot_moves_to_another_master_while_both_instances_sell() {
     };
     assert_eq!(keys_on(&from), 0, "sale keys left on the old master");
     assert!(keys_on(&to) > 0, "the sale's keys on the new master");
-    // The servers followed the move through the cluster's redirects (a
-    // request that reached the old master after the move, or a key that
-    // had moved during it), not only through their periodic map refresh.
-    let redirects: f64 = [&a, &b]
-        .iter()
-        .flat_map(|s| {
-            ["moved", "ask", "retry"]
-                .map(|k| s.metric(&format!("flashsale_redis_redirects_total{{kind=\"{k}\"}}")))
-        })
-        .sum();
-    assert!(
-        redirects > 0.0,
-        "no MOVED, ASK or TRYAGAIN followed during the move"
-    );
     assert_sold_exactly(&a, sale.id, LIMIT, &tally);
 }
