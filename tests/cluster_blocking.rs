@@ -390,3 +390,66 @@ fn the_sale_index_comes_back_after_it_was_lost() {
         indexed(&mut con)
     });
 }
+
+/// A server on the cluster end to end, the blocking side's part of it: the
+/// rotator prepares the sales on their masters, purchases over HTTP reach
+/// Postgres through the writer (outbox drained and trimmed on the cluster),
+/// `flashsale check` on the seed list is consistent, and once the sale is
+/// over the writer closes it (`close_sale.lua` on its master) and deletes its
+/// empty outbox; the check still agrees afterwards.
+#[test]
+fn a_server_on_the_cluster_records_closes_and_checks_its_sales() {
+    cluster_seeds();
+    let period = 6;
+    let s = server_on_cluster(Opts::default().period(period).items(10).limit(5));
+    let keys = Keys::new(&s.key_prefix()).unwrap();
+
+    // Three items bought in one sale (a sale that ends on the way: the next).
+    let mut bought = None;
+    for attempt in 0..5 {
+        let sale = s.active_sale();
+        let user = 40 + attempt;
+        let mut code = String::new();
+        for n in 1..=3 {
+            let r = s.checkout(user, sale.item(n));
+            if r.status != 200 {
+                break;
+            }
+            code = r.str("code");
+        }
+        if code.is_empty() {
+            continue;
+        }
+        let r = s.purchase(&code);
+        if r.status == 200 && r.ids("purchased").len() == 3 {
+            bought = Some(sale.id);
+            break;
+        }
+    }
+    let sale = bought.expect("three items bought within one sale");
+    s.wait_pg_i64(
+        "SELECT count(*) FROM purchases WHERE sale_id = $1",
+        &[&sale],
+        3,
+    );
+    s.assert_consistent(sale);
+
+    let mut con = s.redis();
+    eventually(
+        Duration::from_secs(period * 3 + 20),
+        "the ended sale closed and its outbox deleted",
+        || {
+            let closed: Option<i64> = redis::cmd("HGET")
+                .arg(keys.meta(sale))
+                .arg("closed")
+                .query(&mut con)
+                .unwrap();
+            let outbox: i64 = redis::cmd("EXISTS")
+                .arg(keys.outbox(sale))
+                .query(&mut con)
+                .unwrap();
+            closed.is_some() && outbox == 0
+        },
+    );
+    s.assert_consistent(sale);
+}
