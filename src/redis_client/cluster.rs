@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, Sender};
 use redis::Value;
 
 use super::RedisTarget;
-use super::seeds::{RedisSeeds, address, connection_info};
+use super::seeds::{RedisSeeds, address, server_connection};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Hash slots in a Redis Cluster.
@@ -314,13 +314,7 @@ impl Topology {
 }
 
 fn ask_slots(target: &RedisTarget, timeout: Duration) -> Result<SlotMap> {
-    let mut info = connection_info(target)?;
-    let settings = info.redis_settings().clone().set_db(0);
-    info = info.set_redis_settings(settings);
-    let client = redis::Client::open(info)?;
-    let mut con = client.get_connection_with_timeout(timeout)?;
-    con.set_read_timeout(Some(timeout))?;
-    con.set_write_timeout(Some(timeout))?;
+    let mut con = server_connection(target, timeout)?;
     let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut con)?;
     SlotMap::from_cluster_slots(&reply, &target.host)
 }

@@ -140,19 +140,26 @@ pub fn detect_mode(seeds: &RedisSeeds, timeout: Duration) -> Result<RedisMode> {
     ))
 }
 
-/// One seed's answer to `INFO cluster`. The database is not selected: a
-/// cluster node refuses SELECT of anything but 0, and the question is about
-/// the server, not a database.
+/// One seed's answer to `INFO cluster`.
 fn ask_mode(target: &RedisTarget, timeout: Duration) -> Result<RedisMode> {
+    let mut con = server_connection(target, timeout)?;
+    let text: String = redis::cmd("INFO").arg("cluster").query(&mut con)?;
+    Ok(mode_from_info(&text))
+}
+
+/// A blocking connection to the node at `target` for questions about the
+/// server rather than a database (its mode, its slot map): the database is
+/// not selected, since a cluster node refuses SELECT of anything but 0.
+/// Connecting and every read and write are bounded by `timeout`.
+pub fn server_connection(target: &RedisTarget, timeout: Duration) -> Result<redis::Connection> {
     let mut info = connection_info(target)?;
     let settings = info.redis_settings().clone().set_db(0);
     info = info.set_redis_settings(settings);
     let client = redis::Client::open(info)?;
-    let mut con = client.get_connection_with_timeout(timeout)?;
+    let con = client.get_connection_with_timeout(timeout)?;
     con.set_read_timeout(Some(timeout))?;
     con.set_write_timeout(Some(timeout))?;
-    let text: String = redis::cmd("INFO").arg("cluster").query(&mut con)?;
-    Ok(mode_from_info(&text))
+    Ok(con)
 }
 
 /// The mode an `INFO cluster` reply describes (`cluster_enabled:1`).
