@@ -233,35 +233,34 @@ impl ShutdownPlan {
 }
 
 /// Which Redis the cores talk to: the seeds of `REDIS_URL`, and whether they
-/// are a Redis Cluster, asked from the first seed that answers within a few
-/// seconds. When none does, the server starts anyway (requests get 503
-/// until Redis is back) and takes one seed for a single node, several for a
-/// cluster.
+/// are a Redis Cluster, asked from the first seed that answers. Until one
+/// does the server does not start (it could not tell how to reach a sale's
+/// keys: a cluster node taken for a single node would refuse every key it
+/// does not own); it logs why and keeps asking, until stopped.
 fn redis_backend(config: &Config, stop: &AtomicBool) -> Result<(RedisEndpoint, RedisBackend)> {
     let seeds = RedisSeeds::parse(&config.redis_url)?;
     let timeout = config.redis_timeout().max(Duration::from_secs(1));
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let started = Instant::now();
+    let mut warned = false;
     let mut backoff = Duration::from_millis(100);
     let mode = loop {
         match detect_mode(&seeds, timeout) {
             Ok(mode) => break mode,
             Err(e) if e.kind() == error::ErrorKind::Config => return Err(e),
-            Err(e) if Instant::now() >= deadline || stop.load(Ordering::Relaxed) => {
-                let mode = if seeds.targets.len() > 1 {
-                    RedisMode::Cluster
-                } else {
-                    RedisMode::Single
-                };
-                seeds.check_mode(mode)?;
-                tracing::warn!(error = %e, assumed = mode.name(), "redis unavailable at start; starting without it");
-                break mode;
-            }
-            Err(_) => {
+            Err(e) if stop.load(Ordering::Relaxed) => return Err(e),
+            Err(e) => {
+                if !warned && started.elapsed() >= Duration::from_secs(2) {
+                    tracing::warn!(error = %e, "no redis seed answers; waiting for one before serving");
+                    warned = true;
+                }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     };
+    if warned {
+        tracing::info!(mode = mode.name(), "redis answers");
+    }
     let backend = match mode {
         RedisMode::Single => RedisBackend::Single(seeds.first().clone()),
         RedisMode::Cluster => RedisBackend::Cluster(Topology::start(&seeds, timeout)?),

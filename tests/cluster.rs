@@ -489,3 +489,51 @@ fn the_sales_slot_moves_to_another_master_while_both_instances_sell() {
     assert!(keys_on(&to) > 0, "the sale's keys on the new master");
     assert_sold_exactly(&a, sale.id, LIMIT, &tally);
 }
+
+/// Whether the node at `url` owns the slot of `key` (a key it does not own
+/// is answered with MOVED).
+fn owns_key(url: &str, key: &str) -> bool {
+    let mut con = common::cluster::plain_connection(url).expect("connect to a master");
+    redis::cmd("GET")
+        .arg(key)
+        .query::<Option<String>>(&mut con)
+        .is_ok()
+}
+
+#[test]
+fn a_server_whose_only_seed_is_silent_at_start_serves_the_cluster_once_it_answers() {
+    // The seed: a master that does not own the first sale's slot, behind a
+    // proxy that holds every reply back at first, so that the server cannot
+    // learn at start whether it is a cluster (and taking it for a single
+    // node would send the sale's scripts to a master that refuses them).
+    let seed_url = shared_cluster_url();
+    let master = common::cluster::master_urls(&seed_url)
+        .into_iter()
+        .find(|url| !owns_key(url, "{sale:1}:meta"))
+        .expect("a master that does not own sale 1's slot");
+    let port: u16 = master
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a master's port");
+    let proxy = common::proxy::ReplyHoldingProxy::start(port);
+    proxy.hold_replies();
+    let silent_for = Duration::from_secs(8);
+    let server = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(silent_for);
+            proxy.release_replies();
+        });
+        TestServer::start(on_shared_cluster(20, 5).env("REDIS_URL", &proxy.url()))
+    });
+    let sale = server.active_sale();
+    assert_eq!(
+        sale.id, 1,
+        "a fresh database's first sale (its slot decided the seed)"
+    );
+    let r = server.checkout(3, sale.item(1));
+    r.assert_status(200);
+    let r = server.purchase(&r.str("code"));
+    r.assert_status(200);
+    server.assert_consistent(sale.id);
+}
