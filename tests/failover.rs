@@ -3,6 +3,11 @@
 //! prefix and one Postgres database while shoppers check out and buy on both;
 //! the master that owns the sale's slot is killed with `kill -9`, its replica
 //! takes over, and the killed node comes back as the new master's replica.
+//! The replica is made to lag first, as a loaded replica does: it is frozen
+//! (SIGSTOP) and its link closed by the master for the last `LAG` before the
+//! kill, so the writes of that last moment never reach it (on loopback an
+//! unfrozen replica lags by microseconds and a failover would lose nothing
+//! to show).
 //! The servers must follow the cluster without a restart: fast 503s while the
 //! slot has no master, a fence until the sale's state is reconciled with
 //! Postgres on the new master, then sales again.
@@ -35,6 +40,8 @@ const AFTER_HEALED: Duration = Duration::from_secs(10);
 /// after the cluster is whole again (the promoted master serves the slot and
 /// the killed node is back as its replica). Generous for a loaded machine.
 const HEAL_BOUND: Duration = Duration::from_secs(8);
+/// How long the replica receives nothing before the master is killed.
+const LAG: Duration = Duration::from_millis(1_000);
 /// With N = 0, an acknowledged purchase may be lost only if it was answered
 /// this close to the kill (the replica lags by milliseconds; generous).
 const LOSS_WINDOW_MS: i64 = 3_000;
@@ -219,6 +226,8 @@ fn failover_under_load(wait_replicas: u32) -> Run {
     assert_eq!(b.active_sale().id, sale.id);
     let slot = rig.sale_slot(sale.id);
     let master = rig.master_of_slot(slot);
+    let replica = rig.replica_of(&master);
+    let replica_pid = rig.pid(&replica).expect("the replica runs");
 
     let stop = AtomicBool::new(false);
     let observed = Mutex::new(Observed::default());
@@ -232,8 +241,22 @@ fn failover_under_load(wait_replicas: u32) -> Run {
             }
         }
         std::thread::sleep(BEFORE_KILL);
+        let lag_ms = now_ms();
+        services::signal(replica_pid, services::SIGSTOP);
+        let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("replica")
+            .query(&mut rig.node_connection(&master));
+        std::thread::sleep(LAG);
         let kill_ms = now_ms();
         rig.kill9(&master);
+        services::signal(replica_pid, services::SIGCONT);
+        eprintln!(
+            "[failover] replica {} frozen and cut off {} ms before the kill",
+            replica.port,
+            kill_ms - lag_ms
+        );
         let promoted = rig.wait_promoted(slot, &master);
         let promoted_ms = now_ms();
         rig.restart(&master);
