@@ -70,6 +70,8 @@ struct ServerError {
 #[derive(Default)]
 struct Observed {
     acknowledged: Vec<Acknowledged>,
+    /// Codes whose purchase was finally answered 409 nothing_purchased.
+    nothing_purchased: Vec<String>,
     errors: Vec<ServerError>,
     purchases_answered: u64,
 }
@@ -136,6 +138,9 @@ fn shop(
                         server: index,
                     });
                 }
+            }
+            if purchase.status == 409 {
+                out.lock().unwrap().nothing_purchased.push(code.clone());
             }
             if purchase.status != 503 || stop.load(Ordering::Relaxed) {
                 break;
@@ -319,6 +324,18 @@ impl Run {
         last
     }
 
+    /// Codes answered 409 nothing_purchased that Postgres records purchases
+    /// of: a retry that did not tell the outcome its first try had.
+    fn refused_but_recorded(&self, records: &BTreeMap<i64, (i64, String)>) -> Vec<String> {
+        let recorded_codes: BTreeSet<&str> = records.values().map(|(_, c)| c.as_str()).collect();
+        self.observed
+            .nothing_purchased
+            .iter()
+            .filter(|c| recorded_codes.contains(c.as_str()))
+            .cloned()
+            .collect()
+    }
+
     /// Acknowledged purchases Postgres does not record for their buyer.
     fn lost<'a>(&'a self, records: &BTreeMap<i64, (i64, String)>) -> Vec<&'a Acknowledged> {
         self.observed
@@ -431,6 +448,13 @@ fn failover_with_one_replica_to_wait_for_loses_and_double_sells_nothing() {
     assert!(
         twice.is_empty(),
         "items acknowledged to two buyers: {twice:?}"
+    );
+    let misreported = run.refused_but_recorded(&records);
+    assert!(
+        misreported.is_empty(),
+        "{} purchases answered 409 nothing_purchased (after a 503 and a retry) are recorded in Postgres, first {:?}",
+        misreported.len(),
+        misreported.first()
     );
     assert_eq!(run.sum_counter("flashsale_double_sales_total"), 0);
     run.assert_healed();
