@@ -17,7 +17,10 @@
 -- item Postgres recorded as sold is set in the bitmap (the items that were
 -- not are counted: the gap), each user's `bought` becomes the larger of
 -- Redis's and Postgres's counts (Redis may hold purchases newer than
--- Postgres's), meta `sold` becomes the bitmap's count, and meta `node` the
+-- Postgres's), each code that bought something gets its stored outcome
+-- back when Redis lost it (a retry of its purchase then replays a 200 with
+-- what Postgres records, instead of buying again or answering 409), meta
+-- `sold` becomes the bitmap's count, and meta `node` the
 -- node's id, which lifts the fence checkout.lua and purchase.lua keep on a
 -- sale whose `node` is not the node the caller sends to. A missing sale is
 -- created as above.
@@ -28,14 +31,19 @@
 -- Key layout: checkout.lua.
 --
 -- KEYS[1] meta  KEYS[2] sold
---   then per user with purchases recorded in Postgres, i = 1..N: KEYS[2+i]
+--   then per user with purchases recorded in Postgres, i = 1..U: KEYS[2+i]
 --   the user's key
+--   then per code with purchases recorded in Postgres, j = 1..C:
+--   KEYS[2+U+j] the code's key
 -- ARGV[1] sale id  ARGV[2] starts_at  ARGV[3] ends_at (Unix s)
 -- ARGV[4] items  ARGV[5] per-user limit
--- ARGV[6] expire-at of user keys (Unix ms)
+-- ARGV[6] expire-at of user and code keys (Unix ms)
 -- ARGV[7] csv of sold item numbers recorded in Postgres (may be empty)
 -- ARGV[8] 'create' or 'reconcile'
---   then per user i: ARGV[8+i] how many items Postgres recorded that user bought
+-- ARGV[9] U, the number of users
+--   then per user i: ARGV[9+i] how many items Postgres recorded that user bought
+--   then per code j, four arguments from ARGV[10+U+4(j-1)]: the index i of
+--   its user, the user id, the code, the csv of item ids it bought
 -- Returns {outcome, restored, node}: outcome
 --   'created'    the sale was created (restored or new)
 --   'exists'     create: the sale was there already, nothing done
@@ -68,8 +76,9 @@ for n in string.gmatch(ARGV[7], '[^,]+') do
     restored = restored + 1
   end
 end
-for i = 3, #KEYS do
-  local recorded = tonumber(ARGV[6 + i])
+local users = tonumber(ARGV[9])
+for i = 3, 2 + users do
+  local recorded = tonumber(ARGV[7 + i])
   local bought = tonumber(redis.call('HGET', KEYS[i], 'bought'))
   if not bought then
     local fresh = redis.call('EXISTS', KEYS[i]) == 0
@@ -79,6 +88,25 @@ for i = 3, #KEYS do
     end
   elseif bought < recorded then
     redis.call('HSET', KEYS[i], 'bought', recorded)
+  end
+end
+for j = 1, #KEYS - 2 - users do
+  local code_key = KEYS[2 + users + j]
+  local a = 10 + users + 4 * (j - 1)
+  -- A code Postgres records purchases of bought something: any other
+  -- stored outcome (none, or a 409 its retry got after the loss) is wrong.
+  if redis.call('HGET', code_key, 'status') ~= '200' then
+    local fresh = redis.call('EXISTS', code_key) == 0
+    redis.call('HSET', code_key, 'user', ARGV[a + 1], 'status', '200',
+      'purchased', ARGV[a + 3], 'unavailable', '')
+    if fresh then
+      redis.call('PEXPIREAT', code_key, ARGV[6])
+    end
+    -- A spent code is no longer the user's open checkout.
+    local user_key = KEYS[2 + tonumber(ARGV[a])]
+    if redis.call('HGET', user_key, 'code') == ARGV[a + 2] then
+      redis.call('HDEL', user_key, 'code', 'items')
+    end
   end
 end
 local sold = redis.call('BITCOUNT', KEYS[2])

@@ -26,6 +26,7 @@ use crate::redis_client::keys::Keys;
 use crate::redis_client::scripts::Script;
 use crate::sale::SaleInfo;
 use crate::sale::sold_map::sold_numbers;
+use crate::store::sales::RecordedPurchase;
 
 /// Requests waiting for the rotator; more are dropped (the sale is already
 /// asked for, or is asked again a second later).
@@ -90,23 +91,60 @@ pub struct Recorded {
     pub numbers: Vec<u32>,
     /// Each buyer and how many items they bought, by user id.
     pub user_counts: Vec<(i64, u32)>,
+    /// Each code that bought something, by code.
+    pub codes: Vec<CodePurchase>,
+}
+
+/// What one code bought, as Postgres records it: the outcome a retry of its
+/// purchase must replay.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CodePurchase {
+    pub code: String,
+    /// Its buyer, as an index into `Recorded::user_counts`.
+    pub user_index: usize,
+    pub user_id: i64,
+    /// The item ids it bought, ascending, comma-separated.
+    pub items: String,
 }
 
 impl Recorded {
-    /// From the sale's purchase rows, (item id, user id).
-    pub fn from_purchases(sale: &SaleInfo, purchases: &[(i64, i64)]) -> Self {
+    /// From the sale's purchase rows.
+    pub fn from_purchases(sale: &SaleInfo, purchases: &[RecordedPurchase]) -> Self {
         let mut numbers = Vec::with_capacity(purchases.len());
         let mut per_user: BTreeMap<i64, u32> = BTreeMap::new();
-        for &(item, user) in purchases {
-            if let Some(n) = sale.item_number(item) {
+        let mut per_code: BTreeMap<&str, (i64, Vec<i64>)> = BTreeMap::new();
+        for p in purchases {
+            if let Some(n) = sale.item_number(p.item_id) {
                 numbers.push(n);
-                *per_user.entry(user).or_default() += 1;
+                *per_user.entry(p.user_id).or_default() += 1;
+                per_code
+                    .entry(&p.code)
+                    .or_insert_with(|| (p.user_id, Vec::new()))
+                    .1
+                    .push(p.item_id);
             }
         }
         numbers.sort_unstable();
+        let user_counts: Vec<(i64, u32)> = per_user.into_iter().collect();
+        let codes = per_code
+            .into_iter()
+            .filter_map(|(code, (user_id, mut items))| {
+                items.sort_unstable();
+                let user_index = user_counts
+                    .binary_search_by_key(&user_id, |&(u, _)| u)
+                    .ok()?;
+                Some(CodePurchase {
+                    code: code.to_string(),
+                    user_index,
+                    user_id,
+                    items: csv(&items),
+                })
+            })
+            .collect();
         Recorded {
             numbers,
-            user_counts: per_user.into_iter().collect(),
+            user_counts,
+            codes,
         }
     }
 
@@ -117,15 +155,20 @@ impl Recorded {
     }
 
     fn numbers_csv(&self) -> String {
-        let mut csv = String::with_capacity(self.numbers.len() * 6);
-        for (i, n) in self.numbers.iter().enumerate() {
-            if i > 0 {
-                csv.push(',');
-            }
-            csv.push_str(&n.to_string());
-        }
-        csv
+        csv(&self.numbers)
     }
+}
+
+/// Numbers, comma-separated.
+fn csv<N: std::fmt::Display>(numbers: &[N]) -> String {
+    let mut out = String::with_capacity(numbers.len() * 8);
+    for (i, n) in numbers.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&n.to_string());
+    }
+    out
 }
 
 /// Which of init_sale.lua's two steps to run.
@@ -168,6 +211,9 @@ pub fn init_sale(
     for &(user, _) in &recorded.user_counts {
         script_keys.push(keys.user(sale.id, user));
     }
+    for code in &recorded.codes {
+        script_keys.push(keys.code(sale.id, &code.code));
+    }
     let numbers = recorded.numbers_csv();
     let (outcome, restored, node): (String, u64, String) =
         eval(con, script, &script_keys, |cmd| {
@@ -181,9 +227,16 @@ pub fn init_sale(
                 .arg(match step {
                     Step::Create => "create",
                     Step::Reconcile => "reconcile",
-                });
+                })
+                .arg(recorded.user_counts.len());
             for &(_, count) in &recorded.user_counts {
                 cmd.arg(count);
+            }
+            for code in &recorded.codes {
+                cmd.arg(code.user_index + 1)
+                    .arg(code.user_id)
+                    .arg(&code.code)
+                    .arg(&code.items);
             }
         })?;
     match outcome.as_str() {
@@ -212,26 +265,51 @@ mod tests {
         }
     }
 
+    fn bought(item_id: i64, user_id: i64, code: &str) -> RecordedPurchase {
+        RecordedPurchase {
+            item_id,
+            user_id,
+            code: code.to_string(),
+        }
+    }
+
     #[test]
-    fn recorded_lists_items_and_counts_per_user() {
+    fn recorded_lists_items_counts_per_user_and_outcomes_per_code() {
         let purchases = [
-            (3_000_010, 9),
-            (3_000_001, 7),
-            (3_000_004, 7),
-            (4_000_001, 7),
+            bought(3_000_010, 9, "c9"),
+            bought(3_000_004, 7, "c7b"),
+            bought(3_000_001, 7, "c7a"),
+            bought(3_000_002, 7, "c7a"),
+            bought(4_000_001, 7, "other-sale"),
         ];
         let recorded = Recorded::from_purchases(&sale(), &purchases);
-        assert_eq!(recorded.numbers, [1, 4, 10]);
-        assert_eq!(recorded.numbers_csv(), "1,4,10");
-        assert_eq!(recorded.user_counts, [(7, 2), (9, 1)]);
+        assert_eq!(recorded.numbers, [1, 2, 4, 10]);
+        assert_eq!(recorded.numbers_csv(), "1,2,4,10");
+        assert_eq!(recorded.user_counts, [(7, 3), (9, 1)]);
+        let codes: Vec<(&str, usize, i64, &str)> = recorded
+            .codes
+            .iter()
+            .map(|c| (c.code.as_str(), c.user_index, c.user_id, c.items.as_str()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                ("c7a", 0, 7, "3000001,3000002"),
+                ("c7b", 0, 7, "3000004"),
+                ("c9", 1, 9, "3000010"),
+            ]
+        );
         let none = Recorded::from_purchases(&sale(), &[]);
         assert_eq!(none.numbers_csv(), "");
-        assert!(none.user_counts.is_empty());
+        assert!(none.user_counts.is_empty() && none.codes.is_empty());
     }
 
     #[test]
     fn missing_items_are_those_without_their_bit() {
-        let recorded = Recorded::from_purchases(&sale(), &[(3_000_001, 7), (3_000_010, 9)]);
+        let recorded = Recorded::from_purchases(
+            &sale(),
+            &[bought(3_000_001, 7, "a"), bought(3_000_010, 9, "b")],
+        );
         // bit 0 (item 1) set; item 10 (bit 9) not
         assert_eq!(recorded.missing_from(&[0b1000_0000]), 1);
         assert_eq!(recorded.missing_from(&[0b1000_0000, 0b0100_0000]), 0);

@@ -498,6 +498,11 @@ fn failover_without_replicas_to_wait_for_loses_only_the_last_moments_and_reports
         reported.len(),
         "every double sale is counted once"
     );
+    let misreported = run.refused_but_recorded(&records);
+    assert!(
+        misreported.is_empty(),
+        "purchases answered 409 nothing_purchased are recorded in Postgres: {misreported:?}"
+    );
     run.assert_healed();
 
     // After the reconcile nothing is inconsistent but the reported double sales.

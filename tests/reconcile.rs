@@ -63,6 +63,7 @@ fn the_gap_check_puts_back_what_redis_lost_and_postgres_recorded() {
     }
     let _: i64 = redis::cmd("DEL")
         .arg(keys::user(sale.id, user))
+        .arg(keys::code(sale.id, &code))
         .query(&mut redis)
         .unwrap();
     let _: i64 = redis::cmd("HSET")
@@ -101,6 +102,13 @@ fn the_gap_check_puts_back_what_redis_lost_and_postgres_recorded() {
         s.log_tail(200).contains("sale reconciled with postgres"),
         "{}",
         s.log_tail(40)
+    );
+    // A retry of the purchase replays what Postgres recorded.
+    let replay = s.purchase(&code);
+    assert_eq!(replay.status, 200, "{replay}");
+    assert_eq!(
+        replay.ids("purchased"),
+        [sale.item(1), sale.item(2), sale.item(3)]
     );
     // The user's limit counts the restored purchase: 5 - 3 = 2 more.
     for n in [4, 5] {
@@ -208,7 +216,8 @@ impl ClusterSale {
             .arg(3)
             .arg((now + 900) * 1000)
             .arg(sold)
-            .arg(step);
+            .arg(step)
+            .arg(users.len());
         for (_, count) in users {
             cmd.arg(count);
         }

@@ -152,15 +152,27 @@ pub fn sales_to_drain(client: &mut Client) -> Result<Vec<SaleRow>> {
         .collect()
 }
 
-/// Every purchase recorded for a sale, as (item id, user id).
-pub fn purchases_of(client: &mut Client, sale_id: i64) -> Result<Vec<(i64, i64)>> {
+/// A purchase recorded in Postgres: one item, its buyer and their code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedPurchase {
+    pub item_id: i64,
+    pub user_id: i64,
+    pub code: String,
+}
+
+/// Every purchase recorded for a sale.
+pub fn purchases_of(client: &mut Client, sale_id: i64) -> Result<Vec<RecordedPurchase>> {
     Ok(client
         .query(
-            "SELECT item_id, user_id FROM purchases WHERE sale_id = $1",
+            "SELECT item_id, user_id, code FROM purchases WHERE sale_id = $1",
             &[&sale_id],
         )?
         .iter()
-        .map(|row| (row.get(0), row.get(1)))
+        .map(|row| RecordedPurchase {
+            item_id: row.get(0),
+            user_id: row.get(1),
+            code: row.get(2),
+        })
         .collect())
 }
 
