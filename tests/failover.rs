@@ -350,7 +350,12 @@ impl Run {
     }
 
     /// The figures, on stderr.
-    fn report(&self, label: &str, lost: usize, double_sold: usize) {
+    fn report(&self, label: &str, lost: &[&Acknowledged], double_sold: usize) {
+        let lost_window = (
+            lost.iter().map(|a| a.answered_ms - self.kill_ms).min(),
+            lost.iter().map(|a| a.answered_ms - self.kill_ms).max(),
+        );
+        let lost = lost.len();
         let errors = &self.observed.errors;
         let last_error = errors.iter().map(|e| e.at_ms).max();
         let fenced = errors.iter().filter(|e| e.fenced).count();
@@ -378,7 +383,7 @@ impl Run {
                 .count()
         });
         eprintln!(
-            "[failover {label}] acknowledged {} items (per instance {per_instance:?}) in {} purchases ({} after the promotion); lost {lost}; double-sold {double_sold}; \
+            "[failover {label}] acknowledged {} items (per instance {per_instance:?}) in {} purchases ({} after the promotion); lost {lost} (answered from {:?} to {:?} ms from the kill); acknowledged to two buyers {double_sold}; \
              5xx {} {statuses:?} of which fenced {fenced}; since the kill: promoted {} ms, cluster whole {} ms, \
              first fenced {}, last fenced {}, last 5xx {}, first purchase acknowledged after the promotion {}; \
              reconciles {}, items restored {}, double sales reported {}",
@@ -389,6 +394,8 @@ impl Run {
                 .iter()
                 .filter(|a| a.answered_ms > self.promoted_ms)
                 .count(),
+            lost_window.0,
+            lost_window.1,
             errors.len(),
             self.promoted_ms - self.kill_ms,
             self.healed_ms - self.kill_ms,
@@ -436,7 +443,7 @@ fn failover_with_one_replica_to_wait_for_loses_and_double_sells_nothing() {
     let records = run.settled_records();
     let lost = run.lost(&records);
     let twice = run.acknowledged_twice();
-    run.report("N=1", lost.len(), twice.len());
+    run.report("N=1", &lost, twice.len());
 
     assert!(
         lost.is_empty(),
@@ -469,7 +476,7 @@ fn failover_without_replicas_to_wait_for_loses_only_the_last_moments_and_reports
     let lost = run.lost(&records);
     let twice = run.acknowledged_twice();
     let reported = double_sales(&run.servers[0], run.sale_id);
-    run.report("N=0", lost.len(), twice.len());
+    run.report("N=0", &lost, twice.len());
 
     // Lost: only purchases answered in the last moments before the kill.
     for ack in &lost {
