@@ -18,6 +18,14 @@ state is the one real checkouts leave:
 
 The item draw is seeded (--seed), so every database prepared with the same
 arguments holds the same mix. Python 3 standard library only.
+
+With --purchase-call (e.g. "EVALSHA <sha of lua/purchase.lua>" or "FCALL
+purchase"), it writes instead one purchase call per prepared code, each code
+once, in a seeded random order, with the layout a core uses for a batch of one
+(KEYS meta, sold, outbox, the code key and the key of the code's own user;
+ARGV user key prefix, first item id minus one, code key prefix, '0': no WAIT).
+Piped after the checkouts, those are the codes' first purchases; piped again,
+their replays. --key-prefix puts the server's REDIS_KEY_PREFIX before every key.
 """
 
 import argparse
@@ -33,6 +41,29 @@ def resp(*args) -> bytes:
     return b"".join(out)
 
 
+def code_of(sale: int, i: int) -> str:
+    return f"{sale}-{i + 1}-{'0' * 20}{i:012d}"
+
+
+def write_purchases(args, out) -> None:
+    s = args.sale
+    tag = f"{args.key_prefix}{{sale:{s}}}"
+    call = args.purchase_call.split()
+    order = list(range(args.codes))
+    random.Random(args.seed).shuffle(order)
+    chunk = []
+    for i in order:
+        chunk.append(
+            resp(*call, 5, f"{tag}:meta", f"{tag}:sold", f"{tag}:outbox",
+                 f"{tag}:code:{code_of(s, i)}", f"{tag}:user:{i + 1}",
+                 f"{tag}:user:", s * 1_000_000, f"{tag}:code:", 0)
+        )
+        if len(chunk) >= 4096:
+            out.write(b"".join(chunk))
+            chunk.clear()
+    out.write(b"".join(chunk))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", type=int, help="start with SELECT db (or use redis-cli -n)")
@@ -44,29 +75,36 @@ def main() -> int:
     ap.add_argument("--ends-at", type=int, required=True, help="the sale's end, Unix s")
     ap.add_argument("--retention-ms", type=int, default=86_400_000)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--key-prefix", default="", help="the server's REDIS_KEY_PREFIX")
+    ap.add_argument("--purchase-call", help='write purchase calls with this command and '
+                    'script ("EVALSHA <sha>" or "FCALL <function>") instead of the checkouts')
     args = ap.parse_args()
     if not 0 < args.codes <= 10**12:
         ap.error("--codes must be in 1..10^12")
 
     rng = random.Random(args.seed)
     s = args.sale
-    meta, sold = f"{{sale:{s}}}:meta", f"{{sale:{s}}}:sold"
+    tag = f"{args.key_prefix}{{sale:{s}}}"
+    meta, sold = f"{tag}:meta", f"{tag}:sold"
     base = s * 1_000_000
     expire = args.ends_at * 1000 + args.retention_ms
     k_max = max(1, min(args.max_items, args.items))
     out = sys.stdout.buffer
     if args.db is not None:
         out.write(resp("SELECT", args.db))
+    if args.purchase_call:
+        write_purchases(args, out)
+        return 0
     chunk = []
     for i in range(args.codes):
         user = i + 1
-        code = f"{s}-{user}-{'0' * 20}{i:012d}"
-        user_key = f"{{sale:{s}}}:user:{user}"
-        code_key = f"{{sale:{s}}}:code:{code}"
+        code = code_of(s, i)
+        user_key = f"{tag}:user:{user}"
+        code_key = f"{tag}:code:{code}"
         for n in rng.sample(range(1, args.items + 1), rng.randint(1, k_max)):
             chunk.append(
                 resp("EVALSHA", args.checkout_sha, 4, meta, sold, user_key, code_key,
-                     expire, base, f"{{sale:{s}}}:user:", f"{{sale:{s}}}:code:", n)
+                     expire, base, f"{tag}:user:", f"{tag}:code:", n)
             )
         if len(chunk) >= 4096:
             out.write(b"".join(chunk))
