@@ -509,11 +509,11 @@ wait_writer_idle() { # timeout_s
 # calls lua/purchase.lua with the layout a core uses for a batch of one (see
 # the top of the script): KEYS meta, sold, outbox, one code key and the key
 # of the user the code names; ARGV user key prefix, first item id minus one,
-# code key prefix. LIMIT: redis-benchmark gives every __rand_int__ its own
-# number, and a code now names its user twice (in the code key and in the
-# user key), so a draw pairs a prepared code with its own user only by
-# chance (1 in CODES): nearly every call answers `unknown` after reading the
-# code. This leg is Redis's ceiling for the script's call and lookup cost,
+# code key prefix, '0' (no WAIT), '' (no fence: a single node). LIMIT:
+# redis-benchmark gives every __rand_int__ its own number, and a code now
+# names its user twice (in the code key and in the user key), so a draw
+# pairs a prepared code with its own user only by chance (1 in CODES):
+# nearly every call answers `unknown` after reading the code. This leg is Redis's ceiling for the script's call and lookup cost,
 # no longer for the purchase decision itself.
 # Sets RB_CMD (an array).
 purchase_bench_cmd() { # db sale_id requests pipeline clients codes sha
@@ -523,7 +523,7 @@ purchase_bench_cmd() { # db sale_id requests pipeline clients codes sha
     -r "$codes" -P "$pipeline" --precision 3
     EVALSHA "$sha" 5 "$tag:meta" "$tag:sold" "$tag:outbox"
     "$tag:code:${sale}-1__rand_int__-00000000000000000000__rand_int__" "$tag:user:1__rand_int__"
-    "$tag:user:" "$((sale * 1000000))" "$tag:code:")
+    "$tag:user:" "$((sale * 1000000))" "$tag:code:" 0 "")
 }
 
 # codes of the sale spent (purchased, first time), out of 0..codes-1

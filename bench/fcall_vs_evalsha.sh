@@ -159,15 +159,17 @@ fresh_sale() { # with_codes (0/1)
     while [[ $(rcli info persistence | tr -d '\r' | grep -c '^aof_rewrite_in_progress:1') == 1 ]]; do sleep 0.1; done
   fi
   [[ $(rcli evalsha "$SHA_INIT" 2 "$META" "$TAG:sold" "$SALE" "$STARTS_AT" "$ENDS_AT" "$ITEMS" "$LIMIT" \
-    "$EXPIRE_AT" "") == 1 ]] || die "init_sale.lua did not create the sale"
+    "$EXPIRE_AT" "" create | head -n1) == created ]] || die "init_sale.lua did not create the sale"
   if [[ $1 == 1 ]]; then pipe "$PREP"; fi
 }
 
 # The call of each redis-benchmark leg, after EVALSHA <sha> / FCALL <name>.
+# The layout of a core's call with a batch of one on a single node (see the
+# top of each script): no WAIT ('0'), no fence ('').
 checkout_args=(4 "$META" "$TAG:sold" "$TAG:user:__rand_int__" "$TAG:code:$SALE-__rand_int__-00000000000000000000__rand_int__"
-  "$EXPIRE_AT" "$BASE" "$TAG:user:" "$TAG:code:" "$ITEM")
+  "$EXPIRE_AT" "$BASE" "$TAG:user:" "$TAG:code:" "" "$ITEM")
 lookup_args=(5 "$META" "$TAG:sold" "$TAG:outbox" "$TAG:code:$SALE-1__rand_int__-00000000000000000000__rand_int__"
-  "$TAG:user:1__rand_int__" "$TAG:user:" "$BASE" "$TAG:code:" 0)
+  "$TAG:user:1__rand_int__" "$TAG:user:" "$BASE" "$TAG:code:" 0 "")
 
 # --- the path each leg exercises ----------------------------------------------
 show() { # label, command...
@@ -180,18 +182,18 @@ for side in evalsha fcall; do
   c=(${CALL[${side}_checkout]})
   u=$([[ $side == evalsha ]] && echo 900000000001 || echo 900000000002)
   show "$side checkout (new user $u)" "${c[@]}" 4 "$META" "$TAG:sold" "$TAG:user:$u" "$TAG:code:$SALE-$u-x" \
-    "$EXPIRE_AT" "$BASE" "$TAG:user:" "$TAG:code:" "$ITEM"
+    "$EXPIRE_AT" "$BASE" "$TAG:user:" "$TAG:code:" "" "$ITEM"
   # shellcheck disable=SC2206
   c=(${CALL[${side}_purchase]})
   show "$side lookup (code 1, user 2)" "${c[@]}" 5 "$META" "$TAG:sold" "$TAG:outbox" \
     "$TAG:code:$SALE-1-00000000000000000000000000000000" "$TAG:user:2" \
-    "$TAG:user:" "$BASE" "$TAG:code:" 0
+    "$TAG:user:" "$BASE" "$TAG:code:" 0 ""
 done
 purchase_call() { # side label code user
   # shellcheck disable=SC2206
   local c=(${CALL[${1}_purchase]})
   show "$1 $2" "${c[@]}" 5 "$META" "$TAG:sold" "$TAG:outbox" "$TAG:code:$3" "$TAG:user:$4" \
-    "$TAG:user:" "$BASE" "$TAG:code:" 0
+    "$TAG:user:" "$BASE" "$TAG:code:" 0 ""
 }
 code1="$SALE-1-00000000000000000000000000000000"
 code2="$SALE-2-00000000000000000000000000000001"

@@ -6,9 +6,9 @@
 
 Writes (after SELECT <db> with --db) for code i in 0..codes-1 one EVALSHA of
 lua/checkout.lua per item of its checkout, exactly as a core calls it with a
-batch of one (KEYS meta, sold, user key, code key; ARGV expire-at, first
-item id minus one, user key prefix, code key prefix, item number), so the
-state is the one real checkouts leave:
+batch of one on a single node (KEYS meta, sold, user key, code key; ARGV
+expire-at, first item id minus one, user key prefix, code key prefix, fence
+'' (none), item number), so the state is the one real checkouts leave:
 
   code i   <sale>-<i + 1>-<20 zeros><i as 12 digits>   (a valid code: its
            user, then 32 hex digits)
@@ -23,7 +23,8 @@ With --purchase-call (e.g. "EVALSHA <sha of lua/purchase.lua>" or "FCALL
 purchase"), it writes instead one purchase call per prepared code, each code
 once, in a seeded random order, with the layout a core uses for a batch of one
 (KEYS meta, sold, outbox, the code key and the key of the code's own user;
-ARGV user key prefix, first item id minus one, code key prefix, '0': no WAIT).
+ARGV user key prefix, first item id minus one, code key prefix, '0': no WAIT,
+'': no fence).
 Piped after the checkouts, those are the codes' first purchases; piped again,
 their replays. --key-prefix puts the server's REDIS_KEY_PREFIX before every key.
 """
@@ -56,7 +57,7 @@ def write_purchases(args, out) -> None:
         chunk.append(
             resp(*call, 5, f"{tag}:meta", f"{tag}:sold", f"{tag}:outbox",
                  f"{tag}:code:{code_of(s, i)}", f"{tag}:user:{i + 1}",
-                 f"{tag}:user:", s * 1_000_000, f"{tag}:code:", 0)
+                 f"{tag}:user:", s * 1_000_000, f"{tag}:code:", 0, "")
         )
         if len(chunk) >= 4096:
             out.write(b"".join(chunk))
@@ -104,7 +105,7 @@ def main() -> int:
         for n in rng.sample(range(1, args.items + 1), rng.randint(1, k_max)):
             chunk.append(
                 resp("EVALSHA", args.checkout_sha, 4, meta, sold, user_key, code_key,
-                     expire, base, f"{tag}:user:", f"{tag}:code:", n)
+                     expire, base, f"{tag}:user:", f"{tag}:code:", "", n)
             )
         if len(chunk) >= 4096:
             out.write(b"".join(chunk))
