@@ -354,9 +354,19 @@ pub(crate) struct PurchasesWritten {
     /// Entries whose item Postgres already records as bought with another
     /// code: a double sale, which the insert skipped and `double_sales`
     /// records.
-    pub(crate) double_sales: Vec<usize>,
+    pub(crate) double_sales: Vec<DoubleSale>,
     /// Of those, how many `double_sales` did not have yet.
     pub(crate) double_sales_recorded: u64,
+}
+
+/// An entry refused as a double sale, and the purchase Postgres records
+/// for its item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DoubleSale {
+    /// The entry's index in its batch.
+    pub(crate) index: usize,
+    pub(crate) recorded_user: i64,
+    pub(crate) recorded_code: String,
 }
 
 /// Users, then purchases (idempotent), in one transaction that commits
@@ -390,7 +400,7 @@ pub(crate) fn insert_purchases(
             .collect();
         double_sales = double_sales_among(entries, &recorded);
         if !double_sales.is_empty() {
-            let d = DoubleSaleColumns::build(entries, &double_sales, &recorded);
+            let d = DoubleSaleColumns::build(entries, &double_sales);
             double_sales_recorded = tx.execute(
                 DOUBLE_SALES_SQL,
                 &[
@@ -427,44 +437,40 @@ struct DoubleSaleColumns {
 }
 
 impl DoubleSaleColumns {
-    fn build(
-        entries: &[OutboxEntry],
-        double_sales: &[usize],
-        recorded: &HashMap<i64, (String, i64)>,
-    ) -> Self {
+    fn build(entries: &[OutboxEntry], double_sales: &[DoubleSale]) -> Self {
         let mut cols = DoubleSaleColumns::default();
-        for &i in double_sales {
-            let e = &entries[i];
-            let Some((code, user)) = recorded.get(&e.item_id) else {
-                continue;
-            };
+        for d in double_sales {
+            let e = &entries[d.index];
             cols.sale_ids.push(e.sale_id);
             cols.item_ids.push(e.item_id);
             cols.user_ids.push(e.user_id);
             cols.codes.push(e.code.clone());
             cols.sold_at.push(timestamp(e.at_ms));
-            cols.recorded_users.push(*user);
-            cols.recorded_codes.push(code.clone());
+            cols.recorded_users.push(d.recorded_user);
+            cols.recorded_codes.push(d.recorded_code.clone());
         }
         cols
     }
 }
 
-/// Entries (by index) whose item is recorded with another code. `recorded`
-/// maps item id → (recorded code, buyer); a batch holds one sale's entries.
+/// Entries whose item is recorded with another code, with that record.
+/// `recorded` maps item id → (recorded code, buyer); a batch holds one
+/// sale's entries.
 fn double_sales_among(
     entries: &[OutboxEntry],
     recorded: &HashMap<i64, (String, i64)>,
-) -> Vec<usize> {
+) -> Vec<DoubleSale> {
     entries
         .iter()
         .enumerate()
-        .filter(|(_, e)| {
-            recorded
-                .get(&e.item_id)
-                .is_some_and(|(code, _)| *code != e.code)
+        .filter_map(|(index, e)| {
+            let (code, user) = recorded.get(&e.item_id)?;
+            (*code != e.code).then(|| DoubleSale {
+                index,
+                recorded_user: *user,
+                recorded_code: code.clone(),
+            })
         })
-        .map(|(i, _)| i)
         .collect()
 }
 
@@ -697,8 +703,16 @@ mod tests {
             (2_000_002, ("code-5".to_string(), 5)), // sold with another code
         ]
         .into();
-        assert_eq!(double_sales_among(&entries, &recorded), vec![1]);
-        let cols = DoubleSaleColumns::build(&entries, &[1], &recorded);
+        let found = double_sales_among(&entries, &recorded);
+        assert_eq!(
+            found,
+            [DoubleSale {
+                index: 1,
+                recorded_user: 5,
+                recorded_code: "code-5".to_string()
+            }]
+        );
+        let cols = DoubleSaleColumns::build(&entries, &found);
         assert_eq!(cols.item_ids, [2_000_002]);
         assert_eq!((cols.user_ids[0], cols.recorded_users[0]), (8, 5));
         assert_eq!(

@@ -20,7 +20,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use crate::error::{Error, ErrorKind};
 use crate::metrics::{self, Table};
 
-use super::batch::{KnownUsers, classify, insert_checkouts, insert_purchases, write_bisecting};
+use super::batch::{
+    DoubleSale, KnownUsers, classify, insert_checkouts, insert_purchases, write_bisecting,
+};
 use super::outbox::{self, DeadReason, OutboxEntry};
 use super::sales::{self, SaleRow};
 use super::{CheckoutRecord, PgPool, PostgresHealth, Record};
@@ -673,7 +675,7 @@ impl Writer {
             .map_err(|e| DrainError::Postgres(e.into()))?;
         let mut users = 0u64;
         let mut rows = 0u64;
-        let mut double_sales: Vec<OutboxEntry> = Vec::new();
+        let mut double_sales: Vec<(OutboxEntry, DoubleSale)> = Vec::new();
         let mut new_double_sales = 0u64;
         let outcome = write_bisecting(
             entries,
@@ -681,7 +683,12 @@ impl Writer {
                 let written = insert_purchases(&mut client, part)?;
                 users += written.new_users;
                 rows += written.inserted;
-                double_sales.extend(written.double_sales.iter().map(|&i| part[i].clone()));
+                double_sales.extend(
+                    written
+                        .double_sales
+                        .into_iter()
+                        .map(|d| (part[d.index].clone(), d)),
+                );
                 new_double_sales += written.double_sales_recorded;
                 Ok(())
             },
@@ -706,10 +713,12 @@ impl Writer {
             self.metrics.postgres_error();
             dead.insert(&entry.stream_id);
         }
-        for entry in &double_sales {
+        for (entry, double) in &double_sales {
             tracing::error!(
                 ?entry,
-                "double sale: Postgres records this item as bought with another code; the purchase is not recorded (kept in double_sales)"
+                recorded_user = double.recorded_user,
+                recorded_code = %double.recorded_code,
+                "double sale: Postgres records this item as bought by another purchase; this one is not recorded (kept in double_sales)"
             );
             dead.insert(&entry.stream_id);
         }
@@ -726,7 +735,7 @@ impl Writer {
         for &i in &outcome.rejected {
             self.dead_letter(sale_id, &entries[i].stream_id, DeadReason::Refused)?;
         }
-        for entry in &double_sales {
+        for (entry, _) in &double_sales {
             self.dead_letter(sale_id, &entry.stream_id, DeadReason::DoubleSale)?;
         }
         match outcome.error {
