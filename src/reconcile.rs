@@ -25,7 +25,6 @@ use crate::redis_client::blocking::eval;
 use crate::redis_client::keys::Keys;
 use crate::redis_client::scripts::Script;
 use crate::sale::SaleInfo;
-use crate::sale::sold_map::sold_numbers;
 use crate::store::sales::RecordedPurchase;
 
 /// Requests waiting for the rotator; more are dropped (the sale is already
@@ -148,12 +147,6 @@ impl Recorded {
         }
     }
 
-    /// Recorded items the sold bitmap does not have.
-    pub fn missing_from(&self, bitmap: &[u8]) -> usize {
-        let sold: std::collections::HashSet<u32> = sold_numbers(bitmap).collect();
-        self.numbers.iter().filter(|n| !sold.contains(n)).count()
-    }
-
     fn numbers_csv(&self) -> String {
         csv(&self.numbers)
     }
@@ -169,6 +162,21 @@ fn csv<N: std::fmt::Display>(numbers: &[N]) -> String {
         out.push_str(&n.to_string());
     }
     out
+}
+
+/// How many of the items Postgres records as sold (`sold_item_ids`) the
+/// sale's Redis bitmap lacks: the gap a reconcile closes.
+pub fn missing_items(sale: &SaleInfo, sold_item_ids: &[i64], bitmap: &[u8]) -> usize {
+    sold_item_ids
+        .iter()
+        .filter_map(|&id| sale.item_number(id))
+        .filter(|&n| {
+            let bit = n as usize - 1;
+            bitmap
+                .get(bit / 8)
+                .is_none_or(|byte| byte & (0x80 >> (bit % 8)) == 0)
+        })
+        .count()
 }
 
 /// Which of init_sale.lua's two steps to run.
@@ -306,14 +314,14 @@ mod tests {
 
     #[test]
     fn missing_items_are_those_without_their_bit() {
-        let recorded = Recorded::from_purchases(
-            &sale(),
-            &[bought(3_000_001, 7, "a"), bought(3_000_010, 9, "b")],
+        let sold = [3_000_001, 3_000_010, 4_000_002];
+        // bit 0 (item 1) set; item 10 (bit 9) not; another sale's item never counts
+        assert_eq!(missing_items(&sale(), &sold, &[0b1000_0000]), 1);
+        assert_eq!(
+            missing_items(&sale(), &sold, &[0b1000_0000, 0b0100_0000]),
+            0
         );
-        // bit 0 (item 1) set; item 10 (bit 9) not
-        assert_eq!(recorded.missing_from(&[0b1000_0000]), 1);
-        assert_eq!(recorded.missing_from(&[0b1000_0000, 0b0100_0000]), 0);
-        assert_eq!(recorded.missing_from(&[]), 2);
+        assert_eq!(missing_items(&sale(), &sold, &[]), 2);
     }
 
     #[test]

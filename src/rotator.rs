@@ -26,7 +26,7 @@ use crate::sale::schedule::{Schedule, SharedSchedule};
 use crate::sale::{SaleInfo, period_start};
 use crate::store::PgPool;
 use crate::store::partitions::PartitionKeeper;
-use crate::store::sales::{SaleRow, ensure_sale, purchases_of};
+use crate::store::sales::{SaleRow, ensure_sale, purchases_of, sold_item_ids};
 
 /// How often the offset to Redis's clock is measured.
 const CLOCK_MEASURE_EVERY: Duration = Duration::from_secs(1);
@@ -190,14 +190,18 @@ impl Rotator {
 
     /// Items Postgres records as sold that the sale's Redis bitmap lacks.
     fn gap(&mut self, sale: &SaleInfo) -> Result<usize> {
-        let recorded = purchases_of(&mut *self.pool.get()?, sale.id)?;
-        if recorded.is_empty() {
+        let sold = sold_item_ids(&mut *self.pool.get()?, sale.id)?;
+        if sold.is_empty() {
             return Ok(0);
         }
         let bitmap: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.config.keys.sold(sale.id))
             .query(self.redis()?)?;
-        Ok(Recorded::from_purchases(sale, &recorded).missing_from(&bitmap.unwrap_or_default()))
+        Ok(reconcile::missing_items(
+            sale,
+            &sold,
+            &bitmap.unwrap_or_default(),
+        ))
     }
 
     /// Reconciles `sale` (see `reconcile`); a failure is logged once and

@@ -176,6 +176,19 @@ pub fn purchases_of(client: &mut Client, sale_id: i64) -> Result<Vec<RecordedPur
         .collect())
 }
 
+/// The ids of the items Postgres records as sold in a sale (the gap check's
+/// read: ids only, not the whole purchase).
+pub fn sold_item_ids(client: &mut Client, sale_id: i64) -> Result<Vec<i64>> {
+    Ok(client
+        .query(
+            "SELECT item_id FROM purchases WHERE sale_id = $1",
+            &[&sale_id],
+        )?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
 /// Records that every purchase of the sale is in Postgres.
 pub fn mark_drained(client: &mut Client, sale_id: i64) -> Result<()> {
     client.execute(
