@@ -80,6 +80,16 @@ DURATION_S="${DURATION%s}"
 rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 psql_q() { PGOPTIONS="-c client_min_messages=warning" PGCONNECT_TIMEOUT=5 psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 PG_ADMIN="postgres://flashsale@127.0.0.1:$PG_PORT/postgres"
+# Drops the run's database; retried, since WITH (FORCE) refuses while a
+# backend of another role (an autovacuum worker, say) is connected to it.
+drop_db() {
+  local i
+  for ((i = 0; i < 20; i++)); do
+    psql_q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  psql_q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
+}
 URL="http://127.0.0.1:$BENCH_PORT"
 
 SERVER_PID=""
@@ -102,7 +112,7 @@ cleanup() {
   stop_server
   [[ -n $PREFIX ]] && cluster_forget "$PREFIX"
   rcli -n "$REDIS_DB" flushdb >/dev/null 2>&1
-  psql_q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1
+  drop_db >/dev/null 2>&1
   rm -rf "$OUT/ref-src"
   exit "$rc"
 }
@@ -241,7 +251,7 @@ run() {
   label=$side
   if [[ $wait == 1 ]]; then label+="+wait1"; fi
   guard_period $((DURATION_S + 90))
-  psql_q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
+  drop_db
   psql_q "$PG_ADMIN" -c "CREATE DATABASE $PG_DB" >/dev/null
   if [[ $redis == single ]]; then
     rcli -n "$REDIS_DB" flushdb >/dev/null
@@ -369,7 +379,7 @@ def row(title, a, b):
     pa = statistics.median(runs[(*a, r)][1] for r in rounds if (*a, r) in runs)
     pb = statistics.median(runs[(*b, r)][1] for r in rounds if (*b, r) in runs)
     print(f"| {title} | {' | '.join(cells)} | {ma:,.0f} / {mb:,.0f} | **{statistics.median(ratios):.3f}** "
-          f"| {pa} / {pb} = {statistics.median(p99s):.2f} | {statistics.median(cpus):.3f} |")
+          f"| {pa:.2f} / {pb:.2f} = {statistics.median(p99s):.2f} | {statistics.median(cpus):.3f} |")
 
 
 print(f"| comparison A / B | {' | '.join(f'round {r}' for r in rounds)} | median req/s | median req/s ratio "
