@@ -150,11 +150,15 @@ cluster_owner() { # key
     return 0
   done
 }
-# deletes every key that starts with the prefix, on every master
+# deletes every key that starts with the prefix, on every master: one UNLINK
+# per key (a master holds several slots, and one command's keys must share
+# one), pipelined
 cluster_forget() { # prefix
   local port
   for port in $(cluster_masters); do
-    redis-cli -p "$port" --scan --pattern "$1*" | xargs -r -n 500 redis-cli -p "$port" unlink >/dev/null
+    redis-cli -p "$port" --scan --pattern "$1*" |
+      LC_ALL=C awk '{ printf "*2\r\n$6\r\nUNLINK\r\n$%d\r\n%s\r\n", length($0), $0 }' |
+      redis-cli -p "$port" --pipe >/dev/null
   done
 }
 
@@ -207,9 +211,11 @@ if [[ $BUILD == 1 ]]; then
   cargo build --release --quiet --bin flashsale
   cp "$ROOT/target/release/flashsale" "$CUR_BIN"
 else
-  # BUILD=0: REF_BIN_PATH and CUR_BIN_PATH name binaries built before
+  # BUILD=0: REF_BIN_PATH and CUR_BIN_PATH name binaries built before; the
+  # report names them, since this tree's commit need not be what they hold
   cp "${REF_BIN_PATH:?BUILD=0 needs REF_BIN_PATH}" "$REF_BIN"
   cp "${CUR_BIN_PATH:?BUILD=0 needs CUR_BIN_PATH}" "$CUR_BIN"
+  REF_REV="$REF_REV($REF_BIN_PATH)" CUR_REV="$CUR_BIN_PATH"
 fi
 rm -rf "$OUT/ref-src"
 
