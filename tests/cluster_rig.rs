@@ -143,15 +143,11 @@ fn a_slot_moves_with_its_keys_step_by_step_while_a_client_uses_it() {
     assert_eq!(steps, vec![0, 10, 20, 25], "keys moved after each step");
 
     assert_eq!(rig.master_of_slot(slot), to);
-    let count = |node| -> i64 {
-        redis::cmd("CLUSTER")
-            .arg("COUNTKEYSINSLOT")
-            .arg(slot)
-            .query(&mut rig.node_connection(node))
-            .expect("COUNTKEYSINSLOT")
-    };
-    assert_eq!(count(&from), 0, "keys left on the source");
-    assert_eq!(count(&to) as usize, keys.len() + written.len());
+    assert_eq!(rig.keys_in_slot(&from, slot), 0, "keys left on the source");
+    assert_eq!(
+        rig.keys_in_slot(&to, slot) as usize,
+        keys.len() + written.len()
+    );
     for k in keys.iter().chain(&written) {
         assert!(get(&mut con, k).is_some(), "{k} lost in the move");
     }

@@ -191,27 +191,6 @@ fn double_sales(server: &TestServer, sale_id: i64) -> BTreeSet<(i64, i64)> {
         .collect()
 }
 
-/// `flashsale check` of the sale: exit status and report.
-fn check(server: &TestServer, sale_id: i64) -> (Option<i32>, String) {
-    let out = services::run_bounded(
-        std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
-            .args(["check", "--sale", &sale_id.to_string()])
-            .env("REDIS_URL", server.redis_url())
-            .env("REDIS_KEY_PREFIX", server.key_prefix())
-            .env("DATABASE_URL", server.database_url())
-            .env("FLASHSALE_LOG", "warn"),
-        Duration::from_secs(60),
-    );
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// What one failover run measured.
 struct Run {
     servers: [TestServer; 2],
@@ -526,7 +505,7 @@ fn failover_without_replicas_to_wait_for_loses_only_the_last_moments_and_reports
     run.assert_healed();
 
     // After the reconcile nothing is inconsistent but the reported double sales.
-    let (status, report) = check(&run.servers[0], run.sale_id);
+    let (status, report) = run.servers[0].check(run.sale_id);
     if reported.is_empty() {
         assert_eq!(status, Some(0), "{report}");
     } else {

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -40,26 +39,6 @@ fn buy(server: &TestServer, user: i64, item: i64) -> String {
     r.assert_status(200);
     assert_eq!(r.ids("purchased"), vec![item], "{r}");
     code
-}
-
-/// `flashsale check --sale <id>` on the server's databases: exit code and output.
-fn check(server: &TestServer, sale_id: i64) -> (Option<i32>, String) {
-    let out = common::services::run_bounded(
-        Command::new(env!("CARGO_BIN_EXE_flashsale"))
-            .args(["check", "--sale", &sale_id.to_string()])
-            .env("REDIS_URL", server.redis_url())
-            .env("DATABASE_URL", pg_url_for(&server.db_name))
-            .env("FLASHSALE_LOG", "warn"),
-        Duration::from_secs(60),
-    );
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 /// A purchase whose item row is missing in Postgres (a foreign key
@@ -208,7 +187,7 @@ fn a_double_sale_refused_by_postgres_is_never_silent() {
         ),
         1
     );
-    let (status, report) = check(&server, sale.id);
+    let (status, report) = server.check(sale.id);
     assert_eq!(status, Some(1), "check must find differences:\n{report}");
     assert!(
         report.contains("1 purchase(s) in the dead letter")
@@ -231,7 +210,7 @@ fn a_double_sale_refused_by_postgres_is_never_silent() {
         .arg(&dead)
         .query(&mut server.redis())
         .expect("DEL dead letter");
-    let (status, report) = check(&server, sale.id);
+    let (status, report) = server.check(sale.id);
     assert_eq!(status, Some(1), "check must find differences:\n{report}");
     assert!(
         report.contains(&format!(

@@ -582,6 +582,15 @@ impl ClusterRig {
         self.node(node.port).pid()
     }
 
+    /// How many keys of `slot` `node` holds (`CLUSTER COUNTKEYSINSLOT`).
+    pub fn keys_in_slot(&self, node: &Node, slot: u16) -> i64 {
+        redis::cmd("CLUSTER")
+            .arg("COUNTKEYSINSLOT")
+            .arg(slot)
+            .query(&mut self.node_connection(node))
+            .expect("COUNTKEYSINSLOT")
+    }
+
     /// The slot of a key (`CLUSTER KEYSLOT` on a running node).
     pub fn keyslot(&self, key: &str) -> u16 {
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {

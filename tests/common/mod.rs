@@ -833,6 +833,17 @@ impl TestServer {
         pg_url_for(&self.db_name)
     }
 
+    /// `flashsale check --sale <id>` on this server's databases: exit status
+    /// and output.
+    pub fn check(&self, sale_id: i64) -> (Option<i32>, String) {
+        run_check(
+            &self.redis_url(),
+            &self.key_prefix(),
+            &self.database_url(),
+            sale_id,
+        )
+    }
+
     /// Fails the test when `flashsale check --sale <id>` finds differences
     /// between this server's Redis and Postgres databases.
     #[track_caller]
@@ -893,6 +904,21 @@ pub fn assert_consistent(redis_url: &str, database_url: &str, sale_id: i64) {
 /// `assert_consistent` for a server whose Redis keys start with `key_prefix`.
 #[track_caller]
 pub fn check_consistent(redis_url: &str, key_prefix: &str, database_url: &str, sale_id: i64) {
+    let (status, report) = run_check(redis_url, key_prefix, database_url, sale_id);
+    assert!(
+        status == Some(0),
+        "`flashsale check --sale {sale_id}` found differences:\n{report}"
+    );
+}
+
+/// `flashsale check --sale <id>` on these databases: its exit status and its
+/// output (stdout, then stderr).
+pub fn run_check(
+    redis_url: &str,
+    key_prefix: &str,
+    database_url: &str,
+    sale_id: i64,
+) -> (Option<i32>, String) {
     let out = services::run_bounded(
         Command::new(env!("CARGO_BIN_EXE_flashsale"))
             .args(["check", "--sale", &sale_id.to_string()])
@@ -902,12 +928,14 @@ pub fn check_consistent(redis_url: &str, key_prefix: &str, database_url: &str, s
             .env("FLASHSALE_LOG", "warn"),
         Duration::from_secs(60),
     );
-    assert!(
-        out.status.success(),
-        "`flashsale check --sale {sale_id}` found differences:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 impl Drop for TestServer {
