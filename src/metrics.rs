@@ -445,26 +445,23 @@ impl Registry {
             );
         }
 
-        out.push_str("# HELP flashsale_checkout_outcomes_total Checkout attempts by outcome.\n");
-        out.push_str("# TYPE flashsale_checkout_outcomes_total counter\n");
-        for (i, outcome) in CHECKOUT_OUTCOMES.iter().enumerate() {
-            let n = sum(&|c| &c.checkout_outcomes[i]);
-            let _ = writeln!(
-                out,
-                "flashsale_checkout_outcomes_total{{outcome=\"{outcome}\"}} {n}"
-            );
-        }
-
-        out.push_str("# HELP flashsale_redis_redirects_total Redis Cluster replies that made a call go again: moved (the slot has a new owner), ask (the slot is migrating), retry (TRYAGAIN, CLUSTERDOWN, MASTERDOWN, LOADING, READONLY).\n");
-        out.push_str("# TYPE flashsale_redis_redirects_total counter\n");
-        for redirect in Redirect::ALL {
-            let n = sum(&|c| &c.redis_redirects[redirect as usize]);
-            let _ = writeln!(
-                out,
-                "flashsale_redis_redirects_total{{kind=\"{}\"}} {n}",
-                redirect.name()
-            );
-        }
+        write_labeled_counter(
+            &mut out,
+            "flashsale_checkout_outcomes_total",
+            "Checkout attempts by outcome.",
+            "outcome",
+            CHECKOUT_OUTCOMES
+                .iter()
+                .enumerate()
+                .map(|(i, &outcome)| (outcome, sum(&|c| &c.checkout_outcomes[i]))),
+        );
+        write_labeled_counter(
+            &mut out,
+            "flashsale_redis_redirects_total",
+            "Redis Cluster replies that made a call go again: moved (the slot has a new owner), ask (the slot is migrating), retry (TRYAGAIN, CLUSTERDOWN, MASTERDOWN, LOADING, READONLY).",
+            "kind",
+            Redirect::ALL.map(|r| (r.name(), sum(&|c| &c.redis_redirects[r as usize]))),
+        );
 
         let counters: [(&str, &str, u64); 12] = [
             (
@@ -564,17 +561,16 @@ impl Registry {
             );
         }
 
-        out.push_str(
-            "# HELP flashsale_outbox_dead_lettered_total Outbox entries this process moved to a dead letter, by reason.\n",
+        write_labeled_counter(
+            &mut out,
+            "flashsale_outbox_dead_lettered_total",
+            "Outbox entries this process moved to a dead letter, by reason.",
+            "reason",
+            DEAD_LETTER_REASONS
+                .iter()
+                .zip(&self.writer.dead_lettered)
+                .map(|(&reason, n)| (reason, n.load(Ordering::Relaxed))),
         );
-        out.push_str("# TYPE flashsale_outbox_dead_lettered_total counter\n");
-        for (i, reason) in DEAD_LETTER_REASONS.iter().enumerate() {
-            let n = self.writer.dead_lettered[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "flashsale_outbox_dead_lettered_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
         let _ = writeln!(
             out,
             "# HELP flashsale_clock_offset_seconds Redis's clock minus this host's wall clock, last measured (sales follow Redis's).\n\
@@ -583,12 +579,16 @@ impl Registry {
             self.clock_offset_us.load(Ordering::Relaxed) as f64 / 1e6
         );
 
-        out.push_str("# HELP flashsale_writer_rows_total Rows committed to Postgres by table.\n");
-        out.push_str("# TYPE flashsale_writer_rows_total counter\n");
-        for (i, table) in TABLE_LABELS.iter().enumerate() {
-            let n = self.writer.rows_written[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "flashsale_writer_rows_total{{table=\"{table}\"}} {n}");
-        }
+        write_labeled_counter(
+            &mut out,
+            "flashsale_writer_rows_total",
+            "Rows committed to Postgres by table.",
+            "table",
+            TABLE_LABELS
+                .iter()
+                .zip(&self.writer.rows_written)
+                .map(|(&table, n)| (table, n.load(Ordering::Relaxed))),
+        );
 
         out.push_str("# HELP flashsale_writer_batch_rows Rows per committed batch.\n");
         out.push_str("# TYPE flashsale_writer_batch_rows histogram\n");
@@ -612,6 +612,21 @@ impl Registry {
             1e6,
         );
         out
+    }
+}
+
+/// Writes one counter family with a sample per value of one label:
+/// `# HELP`, `# TYPE`, then `name{label="value"} n` for each sample.
+fn write_labeled_counter<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, n) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
     }
 }
 
