@@ -17,6 +17,7 @@ pub mod resp;
 pub mod scripts;
 pub mod seeds;
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -270,7 +271,7 @@ impl RedisClient {
     /// its reply. A Redis error reply comes back as `Ok(Value::ServerError)`
     /// for the caller to judge (redirects are followed first).
     pub async fn query(&self, slot: u16, cmd: &Cmd) -> Result<Value> {
-        let (value, _) = self.routed(slot, &|_, _| cmd.clone(), None).await?;
+        let (value, _) = self.routed(slot, &|_, _| Cow::Borrowed(cmd), None).await?;
         Ok(value)
     }
 
@@ -285,7 +286,8 @@ impl RedisClient {
         keys: usize,
         args: impl Fn(&mut Cmd, &str),
     ) -> Result<Value> {
-        let build = |fence: &str, body: bool| script_cmd(script, body, keys, fence, &args);
+        let build =
+            |fence: &str, body: bool| Cow::Owned(script_cmd(script, body, keys, fence, &args));
         let (value, _) = self.routed(slot, &build, None).await?;
         server_reply(value)
     }
@@ -314,7 +316,8 @@ impl RedisClient {
         // Redis answers the WAIT at its timeout at the latest: its reply may
         // take that long on top of the usual bound.
         let bound = self.inner.timeout + Duration::from_millis(wait_ms);
-        let build = |fence: &str, body: bool| script_cmd(script, body, keys, fence, &args);
+        let build =
+            |fence: &str, body: bool| Cow::Owned(script_cmd(script, body, keys, fence, &args));
         let (value, waiting) = self.routed(slot, &build, Some(&wait_cmd)).await?;
         let (pipe, reply) = waiting.expect("a WAIT was sent behind the script");
         let confirmation = Confirmation {
@@ -365,10 +368,10 @@ impl RedisClient {
     /// again is safe; a lost connection or a timeout after sending is not
     /// retried (the outcome is unknown). Returns the reply, and the
     /// connection and pending reply of `then`.
-    async fn routed(
+    async fn routed<'c>(
         &self,
         slot: u16,
-        build: &dyn Fn(&str, bool) -> Cmd,
+        build: &dyn Fn(&str, bool) -> Cow<'c, Cmd>,
         then: Option<&Cmd>,
     ) -> Result<(
         Value,
