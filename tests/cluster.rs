@@ -386,11 +386,7 @@ fn the_sales_slot_moves_to_another_master_while_both_instances_sell() {
     let sale = a.active_sale();
     let slot = rig.sale_slot(sale.id);
     let from = rig.master_of_slot(slot);
-    let to = rig
-        .masters()
-        .into_iter()
-        .find(|m| *m != from)
-        .expect("another master");
+    let to = rig.another_master(&from);
     let (stop, progress) = (AtomicBool::new(false), Progress::default());
     // Responses (503s included) when the move started and when it ended.
     let during = Mutex::new((usize::MAX, 0usize));

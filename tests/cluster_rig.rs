@@ -111,11 +111,7 @@ fn a_slot_moves_with_its_keys_step_by_step_while_a_client_uses_it() {
     let rig = ClusterRig::start();
     let slot = rig.sale_slot(7);
     let from = rig.master_of_slot(slot);
-    let to = rig
-        .masters()
-        .into_iter()
-        .find(|m| *m != from)
-        .expect("another master");
+    let to = rig.another_master(&from);
     let mut con = rig.connection();
     let keys: Vec<String> = (0..25).map(|i| format!("{{sale:7}}:k{i}")).collect();
     for k in &keys {

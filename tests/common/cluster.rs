@@ -657,6 +657,14 @@ impl ClusterRig {
             .collect()
     }
 
+    /// A master other than `master`.
+    pub fn another_master(&self, master: &Node) -> Node {
+        self.masters()
+            .into_iter()
+            .find(|m| m != master)
+            .expect("another master")
+    }
+
     /// The running replica of `master`.
     pub fn replica_of(&self, master: &Node) -> Node {
         self.own_lines()
