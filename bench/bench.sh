@@ -28,6 +28,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # ---------------------------------------------------------------------------
 # knobs
@@ -429,10 +431,6 @@ guard_period() { # seconds needed
   fi
 }
 
-json_field() { # json key
-  python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
-}
-
 metrics() { curl -fsS --max-time 5 "$URL/metrics" || true; }
 # sum of the metric samples whose line matches an extended regex (grep -E)
 metric_sum() { # regex
@@ -443,7 +441,7 @@ metric_sum() { # regex
 # Postgres database, the server on them, in a sale period that lasts at least
 # SECONDS_NEEDED more; sets SERVER_PID, SALE_ID, ITEMS, PG_DB
 start_server() {
-  local name=$1 db=$2 i active=""
+  local name=$1 db=$2 active=""
   guard_period "$3"
   PG_DB="${PG_DB_PREFIX}_$name"
   rcli -n "$db" flushdb >/dev/null
@@ -463,13 +461,10 @@ start_server() {
   log_cmd "server for $name (round $ROUND)" env "${env_[@]}" "$SERVER_BIN"
   env "${env_[@]}" "$SERVER_BIN" >"$log_file" 2>&1 &
   SERVER_PID=$!
-  for ((i = 0; i < 600; i++)); do
-    kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 20 "$log_file" >&2; die "the server exited; see $log_file"; }
-    active="$(curl -fsS --max-time 2 "$URL/sales/active" 2>/dev/null || true)"
-    [[ -n $active ]] && break
-    sleep 0.1
-  done
-  [[ -n $active ]] || die "no active sale on $URL after 60 s; see $log_file"
+  if ! active="$(wait_active_sale "$URL" "$SERVER_PID")"; then
+    tail -n 20 "$log_file" >&2
+    die "no active sale on $URL after 60 s, or the server exited; see $log_file"
+  fi
   SALE_ID="$(json_field "$active" sale_id)"
   ITEMS="$(json_field "$active" items_total)"
   [[ $SALE_ID =~ ^[0-9]+$ && $ITEMS =~ ^[0-9]+$ ]] || die "unexpected /sales/active: $active"

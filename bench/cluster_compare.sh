@@ -38,6 +38,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 REF="${REF:-main}"
 ROUNDS="${ROUNDS:-3}"
@@ -220,7 +222,6 @@ fi
 rm -rf "$OUT/ref-src"
 
 # --- one run ----------------------------------------------------------------------
-json_field() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
 # Waits, when the current sale period ends within $1 seconds, for the next one,
 # so that no run sees its sale change under it.
@@ -277,14 +278,10 @@ run() {
   echo "env ${env_[*]} $bin" >"$log_file.cmd"
   env "${env_[@]}" "$bin" >"$log_file" 2>&1 &
   SERVER_PID=$!
-  active=""
-  for ((i = 0; i < 600; i++)); do
-    kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 20 "$log_file" >&2; die "the server exited; see $log_file"; }
-    active="$(curl -fsS --max-time 2 "$URL/sales/active" 2>/dev/null || true)"
-    [[ -n $active ]] && break
-    sleep 0.1
-  done
-  [[ -n $active ]] || die "no active sale after 60 s; see $log_file"
+  if ! active="$(wait_active_sale "$URL" "$SERVER_PID")"; then
+    tail -n 20 "$log_file" >&2
+    die "no active sale after 60 s, or the server exited; see $log_file"
+  fi
   sale="$(json_field "$active" sale_id)"
   items="$(json_field "$active" items_total)"
 

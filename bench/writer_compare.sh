@@ -16,6 +16,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 A_BIN="${A_BIN:?A_BIN: the reference build}"
 B_BIN="${B_BIN:-$ROOT/target/release/flashsale}"
 A_NAME="${A_NAME:-A}"
@@ -68,14 +70,10 @@ run_one() { # name binary round
     DATABASE_URL="postgres://flashsale@127.0.0.1:$PG_PORT/$PG_DB" FLASHSALE_CORES="$CORES" \
     FLASHSALE_LOG=warn "$bin" >"$log_file" 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 600); do
-    active="$(curl -fsS --max-time 2 "http://127.0.0.1:$PORT/sales/active" 2>/dev/null || true)"
-    [[ -n $active ]] && break
-    sleep 0.1
-  done
-  [[ -n $active ]] || { log "no active sale; see $log_file"; exit 1; }
-  sale="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["sale_id"])' "$active")"
-  items="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["items_total"])' "$active")"
+  active="$(wait_active_sale "http://127.0.0.1:$PORT" "$SERVER_PID")" ||
+    { log "no active sale after 60 s, or the server exited; see $log_file"; exit 1; }
+  sale="$(json_field "$active" sale_id)"
+  items="$(json_field "$active" items_total)"
   # warm the pool: one checkout so the writer holds its connections
   curl -sS -o /dev/null -X POST "http://127.0.0.1:$PORT/checkout?user_id=1&id=$((sale * 1000000 + 1))"
   sleep 1

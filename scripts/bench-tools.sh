@@ -16,17 +16,9 @@ case "${1:-}" in
 esac
 
 log() { printf '[bench-tools] %s\n' "$*" >&2; }
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-APT_UPDATED=0
-apt_install() {
-  export DEBIAN_FRONTEND=noninteractive
-  if [[ $APT_UPDATED -eq 0 ]]; then
-    apt-get update -qq >/dev/null
-    APT_UPDATED=1
-  fi
-  log "apt-get install $*"
-  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
 
 need_apt=()
 if [[ $k6_only -eq 0 ]]; then
@@ -43,7 +35,7 @@ if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev
   need_apt+=(python3-venv)
 fi
 if [[ ${#need_apt[@]} -gt 0 ]]; then
-  apt_install "${need_apt[@]}"
+  apt_install "${need_apt[@]}" || exit 1
 fi
 [[ $k6_only -eq 1 ]] || log "wrk: $(command -v wrk)"
 

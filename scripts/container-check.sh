@@ -56,6 +56,8 @@ IMAGE="localhost/flashsale:latest"
 CONTAINER="flashsale-container-check"
 
 log() { printf '[container-check] %s\n' "$*" >&2; }
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 die() { printf '[container-check] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------
@@ -178,16 +180,6 @@ cgroup_manager = "cgroupfs"
 EOF
 pm() { podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
 
-APT_UPDATED=0
-apt_install() {
-  export DEBIAN_FRONTEND=noninteractive
-  if [[ $APT_UPDATED -eq 0 ]]; then
-    apt-get update -qq >/dev/null
-    APT_UPDATED=1
-  fi
-  log "apt-get install $*"
-  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
 
 K6=""
 step_tools() {

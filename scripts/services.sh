@@ -54,38 +54,17 @@ WAIT_SECS="${SERVICES_WAIT_SECS:-60}"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 # ---------------------------------------------------------------------------
 # installation
 # ---------------------------------------------------------------------------
 
-APT_UPDATED=0
-apt_install() {
-  [[ $(id -u) -eq 0 ]] || die "need root to apt-get install $*"
-  export DEBIAN_FRONTEND=noninteractive
-  if [[ $APT_UPDATED -eq 0 ]]; then
-    log "apt-get update"
-    apt-get update -qq >/dev/null
-    APT_UPDATED=1
-  fi
-  # Keep package maintainer scripts from starting system-wide daemons (the Debian
-  # packages would start their own redis / postgres cluster on our ports).
-  local policy=/usr/sbin/policy-rc.d created_policy=0
-  if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-    created_policy=1
-  fi
-  log "apt-get install $*"
-  local rc=0
-  apt-get install -y -qq --no-install-recommends "$@" >/dev/null || rc=$?
-  if [[ $created_policy -eq 1 ]]; then rm -f "$policy"; fi
-  [[ $rc -eq 0 ]] || die "apt-get install $* failed"
-}
 
 ensure_redis_installed() {
   if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-    apt_install redis-server redis-tools
+    apt_install redis-server redis-tools || die "cannot install redis-server redis-tools"
   fi
   # The Debian package may have started (or may start at boot) its own instance.
   stop_system_redis
@@ -95,7 +74,7 @@ ensure_redis_installed() {
 # (tests/clock.rs preloads its libfaketimeMT.so.1).
 ensure_faketime_installed() {
   if ! command -v faketime >/dev/null 2>&1; then
-    apt_install faketime
+    apt_install faketime || die "cannot install faketime"
   fi
 }
 
@@ -113,12 +92,12 @@ find_pg_bin() {
 
 ensure_pg_installed() {
   if ! find_pg_bin; then
-    apt_install "postgresql-$PG_MAJOR"
+    apt_install "postgresql-$PG_MAJOR" || die "cannot install postgresql-$PG_MAJOR"
     find_pg_bin || die "PostgreSQL $PG_MAJOR binaries not found after install"
     stop_system_pg
   fi
   if ! command -v psql >/dev/null 2>&1; then
-    apt_install postgresql-client
+    apt_install postgresql-client || die "cannot install postgresql-client"
   fi
 }
 
@@ -502,7 +481,7 @@ parse_cluster_ports() {
 ensure_redis_cluster_tools() {
   # Only install: unlike `start`, the cluster leaves any other redis-server alone.
   if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-    apt_install redis-server redis-tools
+    apt_install redis-server redis-tools || die "cannot install redis-server redis-tools"
   fi
 }
 
