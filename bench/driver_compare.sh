@@ -29,6 +29,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 BIN=${BIN:-target/release/flashsale}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8s}
@@ -64,10 +66,7 @@ start_server() { # driver port -> pid
     FLASHSALE_DRIVER=$1 FLASHSALE_LISTEN=127.0.0.1:$2 FLASHSALE_CORES=$CORES FLASHSALE_LOG=info \
         "$BIN" >"$OUT_DIR/server.$1.log" 2>&1 &
     PIDS+=("$!")
-    for _ in $(seq 1 300); do
-        curl -fs -o /dev/null "http://127.0.0.1:$2/sales/active" && return 0
-        sleep 0.1
-    done
+    wait_active_sale "http://127.0.0.1:$2" "${PIDS[-1]}" >/dev/null && return 0
     echo "the $1 server did not come up; see $OUT_DIR/server.$1.log" >&2
     exit 1
 }
