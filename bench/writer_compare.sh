@@ -5,13 +5,17 @@
 #
 #   A_BIN=/path/to/flashsale-before B_BIN=target/release/flashsale bash bench/writer_compare.sh
 #   ROUNDS=3 DURATION=10s CONNECTIONS=64 bash bench/writer_compare.sh
+#   MODE=postsellout ... : a sale of 100 items, sold out first (10 users buy
+#   10 each), then the crowd: every checkout a 409 item_sold row
 #
 # Each run gets a fresh Postgres database and Redis database, a server with the
 # default batching, `wrk` with bench/checkout.lua (random users, random items of
 # the fresh sale) for DURATION, then waits until every answered checkout is a
-# row. Postgres CPU is the user+system time of the backends connected to the
-# run's database (from /proc, sampled after the server started and after the
-# drain), so other databases' work on a shared cluster is not counted.
+# row and then USERS_SETTLE more seconds (default 2: a writer may commit the
+# crowd's users after its checkouts), and counts the users rows. Postgres CPU
+# is the user+system time of the backends connected to the run's database
+# (from /proc, sampled after the server started and after the drain), so
+# other databases' work on a shared cluster is not counted.
 # Needs Redis on REDIS_PORT and Postgres on PG_PORT (user flashsale) running.
 set -euo pipefail
 
@@ -32,6 +36,13 @@ REDIS_DB="${REDIS_DB:-1020}"
 PG_PORT="${PG_PORT:-5432}"
 PG_DB="${PG_DB:-fswriter_compare}"
 CORES="${CORES:-$(nproc)}"
+MODE="${MODE:-checkout}"
+USERS_SETTLE="${USERS_SETTLE:-2}"
+case $MODE in
+  checkout) SALE_ITEMS_ENV=() ;;
+  postsellout) SALE_ITEMS_ENV=(SALE_ITEMS=100) ;;
+  *) echo "MODE: checkout or postsellout" >&2; exit 1 ;;
+esac
 OUT="${OUT:-$(mktemp -d /tmp/writer_compare.XXXXXX)}"
 mkdir -p "$OUT"
 
@@ -68,12 +79,24 @@ run_one() { # name binary round
   fi
   env FLASHSALE_LISTEN="127.0.0.1:$PORT" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/$REDIS_DB" \
     DATABASE_URL="postgres://flashsale@127.0.0.1:$PG_PORT/$PG_DB" FLASHSALE_CORES="$CORES" \
-    FLASHSALE_LOG=warn "$bin" >"$log_file" 2>&1 &
+    FLASHSALE_LOG=warn "${SALE_ITEMS_ENV[@]}" "$bin" >"$log_file" 2>&1 &
   SERVER_PID=$!
   active="$(wait_active_sale "http://127.0.0.1:$PORT" "$SERVER_PID")" ||
     { log "no active sale after 60 s, or the server exited; see $log_file"; exit 1; }
   sale="$(json_field "$active" sale_id)"
   items="$(json_field "$active" items_total)"
+  if [[ $MODE == postsellout ]]; then
+    local u n code
+    for u in $(seq 10); do
+      for n in $(seq $(((u - 1) * 10 + 1)) $((u * 10))); do
+        code="$(json_field "$(curl -fsS -X POST "http://127.0.0.1:$PORT/checkout?user_id=$((2000000 + u))&id=$((sale * 1000000 + n))")" code)"
+      done
+      curl -fsS -o /dev/null -X POST "http://127.0.0.1:$PORT/purchase?code=$code"
+    done
+    active="$(curl -fsS "http://127.0.0.1:$PORT/sales/active")"
+    [[ $(json_field "$active" items_sold) == "$(json_field "$active" items_total)" ]] ||
+      { log "sellout failed: $active"; exit 1; }
+  fi
   # warm the pool: one checkout so the writer holds its connections
   curl -sS -o /dev/null -X POST "http://127.0.0.1:$PORT/checkout?user_id=1&id=$((sale * 1000000 + 1))"
   sleep 1
@@ -89,22 +112,24 @@ run_one() { # name binary round
     [[ $rows -ge $answered ]] && break
     sleep 0.1
   done
+  sleep "$USERS_SETTLE"
   ticks1="$(pg_ticks)"
+  users="$(psql_q "postgres://flashsale@127.0.0.1:$PG_PORT/$PG_DB" "select count(*) from users")"
   kill -TERM "$SERVER_PID"
   wait "$SERVER_PID" || true
   SERVER_PID=""
-  python3 - "$name" "$round" "$rows" "$answered" "$t0" "$t1" "$ticks0" "$ticks1" "$TICKS" <<'EOF'
+  python3 - "$name" "$round" "$rows" "$answered" "$t0" "$t1" "$ticks0" "$ticks1" "$TICKS" "$users" <<'EOF'
 import sys
-name, rnd, rows, answered, t0, t1, k0, k1, hz = sys.argv[1:]
+name, rnd, rows, answered, t0, t1, k0, k1, hz, users = sys.argv[1:]
 rows, answered = int(rows), int(answered)
 secs = float(t1) - float(t0)
 cpu_s = (int(k1) - int(k0)) / int(hz)
-print(f"{name}\tr{rnd}\t{rows}\t{answered}\t{secs:.2f}\t{rows / secs:.0f}\t{cpu_s:.2f}\t{cpu_s / max(rows, 1) * 1e6:.2f}")
+print(f"{name}\tr{rnd}\t{rows}\t{answered}\t{users}\t{secs:.2f}\t{rows / secs:.0f}\t{cpu_s:.2f}\t{cpu_s / max(rows, 1) * 1e6:.2f}")
 EOF
 }
 
-log "results in $OUT; A=$A_BIN ($A_NAME) B=$B_BIN ($B_NAME)"
-printf 'build\tround\trows\tanswered\tload_s\trows_per_s\tpg_cpu_s\tpg_cpu_us_per_row\n' | tee "$OUT/runs.tsv"
+log "results in $OUT; A=$A_BIN ($A_NAME) B=$B_BIN ($B_NAME); MODE=$MODE"
+printf 'build\tround\trows\tanswered\tusers\tload_s\trows_per_s\tpg_cpu_s\tpg_cpu_us_per_row\n' | tee "$OUT/runs.tsv"
 for round in $(seq "$ROUNDS"); do
   # alternate which goes first, so neither always follows the other
   if ((round % 2)); then order=("A" "B"); else order=("B" "A"); fi

@@ -89,6 +89,8 @@ pub fn serve(config: Config) -> Result<()> {
             redis: redis.clone(),
             keys: Arc::new(keys.clone()),
             clock: clock.clone(),
+            users_flush_after: Duration::from_millis(config.writer_users_flush_ms.max(1)),
+            users_backlog_stale: Duration::from_secs(config.users_backlog_stale_secs),
         },
         pool.clone(),
         records_rx,

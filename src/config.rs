@@ -177,8 +177,7 @@ pub struct Config {
     )]
     pub writer_queue: usize,
 
-    /// Most checkout records the writer commits in one transaction (their new
-    /// users by one INSERT, the checkouts by one COPY).
+    /// Most checkout records the writer commits in one transaction (by one COPY).
     #[arg(
         long = "writer-batch",
         env = "FLASHSALE_WRITER_BATCH",
@@ -193,6 +192,26 @@ pub struct Config {
         default_value_t = 5
     )]
     pub writer_flush_ms: u64,
+
+    /// Longest the new users of committed checkout batches wait before the
+    /// writer commits them to `users`, in milliseconds (fewer, bigger
+    /// transactions than the checkouts').
+    #[arg(
+        long = "writer-users-flush-ms",
+        env = "FLASHSALE_WRITER_USERS_FLUSH_MS",
+        default_value_t = 1_000
+    )]
+    pub writer_users_flush_ms: u64,
+
+    /// After how many seconds a writer's `users_backlog` mark counts as left
+    /// behind (its writer killed), so that any instance inserts the users it covers.
+    #[arg(
+        long = "users-backlog-stale-secs",
+        env = "FLASHSALE_USERS_BACKLOG_STALE_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub users_backlog_stale_secs: u64,
 
     /// Postgres connections in the pool the writer and the rotator share.
     #[arg(

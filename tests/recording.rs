@@ -219,3 +219,97 @@ fn a_double_sale_refused_by_postgres_is_never_silent() {
         "{report}"
     );
 }
+
+/// `(distinct users, users with a users row whose first_seen_at is their
+/// first checkout)` among the checkouts of users `from..to`.
+fn users_recorded(server: &TestServer, from: i64, to: i64) -> (i64, i64) {
+    let row = server
+        .pg()
+        .query_one(
+            "SELECT count(*), count(u.id) FILTER (WHERE u.first_seen_at = c.first)
+               FROM (SELECT user_id, min(created_at) AS first FROM checkouts
+                      WHERE user_id >= $1 AND user_id < $2 GROUP BY user_id) c
+               LEFT JOIN users u ON u.id = c.user_id",
+            &[&from, &to],
+        )
+        .expect("users of the checkouts");
+    (row.get(0), row.get(1))
+}
+
+/// Checks out `users` distinct users from `first` on, two items each, and
+/// waits until every checkout is a row in `checkouts`.
+fn checkout_crowd(server: &TestServer, first: i64, users: i64) {
+    let sale = server.active_sale();
+    let mut conn = server.connect();
+    for k in 0..users {
+        for n in [1 + k % 50, 51 + k % 50] {
+            conn.checkout(first + k, sale.item(n as u32))
+                .assert_status(200);
+        }
+    }
+    server.wait_pg_i64(
+        "SELECT count(*) FROM checkouts WHERE user_id >= $1 AND user_id < $2",
+        &[&first, &(first + users)],
+        2 * users,
+    );
+}
+
+/// The writer commits a crowd's new users apart from their checkouts, in
+/// bigger batches: each gets its one users row, with its first checkout's
+/// time, within the users flush delay, and the writer's backlog mark goes.
+#[test]
+fn every_user_of_a_checkout_crowd_gets_a_users_row() {
+    let server = TestServer::start(Opts::default());
+    checkout_crowd(&server, 7_000_001, 400);
+    eventually(SETTLE, "every user of the crowd in users", || {
+        users_recorded(&server, 7_000_001, 7_000_401) == (400, 400)
+    });
+    eventually(SETTLE, "the writer's users_backlog mark deleted", || {
+        server.pg_i64("SELECT count(*) FROM users_backlog", &[]) == 0
+    });
+}
+
+/// With a users flush delay longer than the test, the users of committed
+/// checkouts wait in the writer (and its backlog mark is in Postgres); a
+/// clean shutdown commits them before the process exits.
+#[test]
+fn a_clean_shutdown_commits_the_users_the_writer_holds() {
+    let mut server =
+        TestServer::start(Opts::default().env("FLASHSALE_WRITER_USERS_FLUSH_MS", "600000"));
+    checkout_crowd(&server, 7_100_001, 300);
+    assert_eq!(
+        users_recorded(&server, 7_100_001, 7_100_301),
+        (300, 0),
+        "the users wait for their flush"
+    );
+    assert_eq!(
+        server.pg_i64("SELECT count(*) FROM users_backlog", &[]),
+        1,
+        "the writer's backlog mark covers them"
+    );
+    let status = server
+        .terminate(Duration::from_secs(30))
+        .expect("the server exits within 30 s of SIGTERM");
+    assert!(status.success(), "{status}");
+    assert_eq!(users_recorded(&server, 7_100_001, 7_100_301), (300, 300));
+    assert_eq!(server.pg_i64("SELECT count(*) FROM users_backlog", &[]), 0);
+}
+
+/// A writer killed (SIGKILL) with users of committed checkouts not yet in
+/// `users` leaves its backlog mark; the next instance finds it stale and
+/// inserts the users of the checkouts it covers, each with its first time.
+#[test]
+fn users_a_killed_writer_held_are_inserted_by_the_next_instance() {
+    let held = Opts::default().env("FLASHSALE_WRITER_USERS_FLUSH_MS", "600000");
+    let mut server = TestServer::start(held.clone());
+    checkout_crowd(&server, 7_200_001, 300);
+    assert_eq!(users_recorded(&server, 7_200_001, 7_200_301), (300, 0));
+    assert_eq!(server.pg_i64("SELECT count(*) FROM users_backlog", &[]), 1);
+    server.restart(held.env("FLASHSALE_USERS_BACKLOG_STALE_SECS", "1"));
+    eventually(SETTLE, "the killed writer's users inserted", || {
+        users_recorded(&server, 7_200_001, 7_200_301) == (300, 300)
+    });
+    eventually(SETTLE, "its backlog mark deleted", || {
+        server.pg_i64("SELECT count(*) FROM users_backlog", &[]) == 0
+    });
+}

@@ -1,8 +1,11 @@
-//! How a batch of rows reaches Postgres in one transaction: its users
-//! (`INSERT … SELECT … FROM UNNEST(…) ON CONFLICT DO NOTHING`), then the
-//! checkouts (`COPY … FROM STDIN (FORMAT binary)`, the cheapest way in for an
-//! append-only log) or the purchases (`INSERT … FROM UNNEST(…) ON CONFLICT DO
-//! NOTHING`, idempotent, with a check that a conflicting row is the same
+//! How a batch of rows reaches Postgres: checkouts by `COPY … FROM STDIN
+//! (FORMAT binary)` (the cheapest way in for an append-only log), with the
+//! writer's `users_backlog` mark when the batch names users not yet in
+//! `users`; those users later, many batches' worth at once, by `INSERT …
+//! SELECT … FROM UNNEST(…) ON CONFLICT DO NOTHING` (`insert_users`), and the
+//! repair of a backlog a killed writer left (`catch_up_users`); purchases
+//! with their users in one transaction (`INSERT … FROM UNNEST(…) ON CONFLICT
+//! DO NOTHING`, idempotent, with a check that a conflicting row is the same
 //! purchase and not a double sale). What a refusal means (`classify`: never
 //! insertable, not yet insertable, or no answer at all) and the bisection
 //! that isolates refused rows so that one cannot block its batch live here.
@@ -20,6 +23,33 @@ use super::outbox::OutboxEntry;
 const USERS_SQL: &str = "INSERT INTO users (id, first_seen_at)
      SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[])
      ON CONFLICT (id) DO NOTHING";
+
+/// The writer's backlog mark: checkouts from `since` on may name users that
+/// `users` does not have yet. Written with the checkout batch it covers.
+const BACKLOG_MARK_SQL: &str = "INSERT INTO users_backlog (writer, since) VALUES ($1, $2)
+     ON CONFLICT (writer) DO UPDATE
+     SET since = least(users_backlog.since, excluded.since), updated_at = now()";
+
+/// The writer's users are committed: its mark goes.
+const BACKLOG_CLEAR_SQL: &str = "DELETE FROM users_backlog WHERE writer = $1";
+
+/// Marks not written for longer than `$1` seconds: their writers are gone
+/// (a live writer clears its mark within a second or two, and writes it
+/// again after any Postgres error).
+const BACKLOG_STALE_SQL: &str = "SELECT writer, since, updated_at FROM users_backlog
+     WHERE updated_at < now() - make_interval(secs => $1)
+     ORDER BY since";
+
+/// The users of every checkout from `$1` on, each with its first time.
+const CATCH_UP_SQL: &str = "INSERT INTO users (id, first_seen_at)
+     SELECT user_id, min(created_at) FROM checkouts
+      WHERE created_at >= $1 AND user_id > 0
+      GROUP BY user_id ORDER BY user_id
+     ON CONFLICT (id) DO NOTHING";
+
+/// Deletes a stale mark unless its writer wrote it again meanwhile.
+const BACKLOG_REPAIRED_SQL: &str =
+    "DELETE FROM users_backlog WHERE writer = $1 AND updated_at = $2";
 
 const CHECKOUTS_COPY: &str = "COPY checkouts (sale_id, user_id, item_id, code, outcome, created_at) FROM STDIN (FORMAT binary)";
 
@@ -88,7 +118,7 @@ fn checkouts_copy_data(rows: &[CheckoutRecord]) -> Vec<u8> {
 /// SipHash; ids are not attacker-chosen in a way that matters here (the
 /// worst case is a slower lookup in the writer).
 #[derive(Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -146,11 +176,11 @@ impl KnownUsers {
         }
     }
 
-    fn contains(&self, id: i64) -> bool {
+    pub(crate) fn contains(&self, id: i64) -> bool {
         self.ids.contains(&id)
     }
 
-    fn remember(&mut self, ids: &[i64]) {
+    pub(crate) fn remember(&mut self, ids: &[i64]) {
         if self.ids.len() + ids.len() > self.capacity {
             self.ids.clear();
         }
@@ -260,12 +290,19 @@ pub(crate) fn write_bisecting<T, E>(
 /// stable lock order across instances), each with the earliest time it was
 /// seen.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct UserColumns {
-    ids: Vec<i64>,
-    first_seen_ms: Vec<i64>,
+pub(crate) struct UserColumns {
+    pub(crate) ids: Vec<i64>,
+    pub(crate) first_seen_ms: Vec<i64>,
 }
 
 impl UserColumns {
+    /// Columns of `(id, first seen)` pairs already distinct, in id order.
+    pub(crate) fn sorted(mut users: Vec<(i64, i64)>) -> Self {
+        users.sort_unstable();
+        let (ids, first_seen_ms) = users.into_iter().unzip();
+        UserColumns { ids, first_seen_ms }
+    }
+
     fn build(seen: impl IntoIterator<Item = (i64, i64)>, known: Option<&KnownUsers>) -> Self {
         let mut first: BTreeMap<i64, i64> = BTreeMap::new();
         for (user, at_ms) in seen {
@@ -281,7 +318,7 @@ impl UserColumns {
         UserColumns { ids, first_seen_ms }
     }
 
-    fn insert(&self, tx: &mut postgres::Transaction<'_>) -> Result<u64, postgres::Error> {
+    fn insert(&self, tx: &mut impl postgres::GenericClient) -> Result<u64, postgres::Error> {
         if self.ids.is_empty() {
             return Ok(0);
         }
@@ -318,7 +355,12 @@ impl<'a> PurchaseColumns<'a> {
     }
 }
 
-/// Users, then checkouts, in one transaction. Returns rows inserted into each.
+/// Checkouts (and, when `mark` is given, the writer's backlog mark) in one
+/// transaction. Returns the rows inserted. The batch's users are not
+/// written here: the writer collects them and commits them apart, many
+/// batches at once (`insert_users`); the mark, in the same transaction as
+/// the rows it covers, is what lets a lost collection be repaired
+/// (`catch_up_users`).
 ///
 /// The transaction commits without waiting for its WAL flush
 /// (`synchronous_commit = off`): checkout rows are analytics, and a Postgres
@@ -329,12 +371,13 @@ impl<'a> PurchaseColumns<'a> {
 pub(crate) fn insert_checkouts(
     client: &mut Client,
     rows: &[CheckoutRecord],
-    known: &mut KnownUsers,
-) -> Result<(u64, u64), postgres::Error> {
-    let users = UserColumns::build(rows.iter().map(|r| (r.user_id, r.at_ms)), Some(known));
+    mark: Option<BacklogMark>,
+) -> Result<u64, postgres::Error> {
     let mut tx = client.transaction()?;
     tx.batch_execute("SET LOCAL synchronous_commit = off")?;
-    let new_users = users.insert(&mut tx)?;
+    if let Some(mark) = mark {
+        tx.execute(BACKLOG_MARK_SQL, &[&mark.writer, &timestamp(mark.since_ms)])?;
+    }
     let mut copy = tx.copy_in(CHECKOUTS_COPY)?;
     // The writer only buffers here; sending, and any error, happens in
     // finish(). Data cut short by a failed write is refused by Postgres
@@ -342,8 +385,68 @@ pub(crate) fn insert_checkouts(
     let _ = copy.write_all(&checkouts_copy_data(rows));
     let inserted = copy.finish()?;
     tx.commit()?;
-    known.remember(&users.ids);
-    Ok((new_users, inserted))
+    Ok(inserted)
+}
+
+/// A writer's `users_backlog` row: checkouts from `since_ms` (Unix ms) on
+/// may name users `users` does not have yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BacklogMark {
+    pub(crate) writer: i64,
+    pub(crate) since_ms: i64,
+}
+
+/// Users collected from committed checkout batches, in one transaction that
+/// commits synchronously (the session's default): once it returns they
+/// survive a Postgres crash, and so do the checkout batches committed before
+/// them (their WAL comes first). Returns the rows inserted.
+pub(crate) fn insert_users(
+    client: &mut Client,
+    users: &UserColumns,
+) -> Result<u64, postgres::Error> {
+    let mut tx = client.transaction()?;
+    let inserted = users.insert(&mut tx)?;
+    tx.commit()?;
+    Ok(inserted)
+}
+
+/// Deletes the writer's backlog mark (every user it covered is committed).
+pub(crate) fn clear_backlog(client: &mut Client, writer: i64) -> Result<(), postgres::Error> {
+    client.execute(BACKLOG_CLEAR_SQL, &[&writer]).map(|_| ())
+}
+
+/// What `catch_up_users` repaired.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct CaughtUp {
+    /// Stale marks handled.
+    pub(crate) marks: u64,
+    /// Users inserted from the checkouts they covered.
+    pub(crate) users: u64,
+}
+
+/// Repairs the backlog of writers that are gone: for each mark not written
+/// for `stale`, inserts the users of every checkout from its `since` on
+/// (`ON CONFLICT DO NOTHING`: idempotent, and harmless for users another
+/// live writer will still commit) and deletes the mark, in one synchronous
+/// transaction. A mark its writer wrote again meanwhile stays.
+pub(crate) fn catch_up_users(
+    client: &mut Client,
+    stale: Duration,
+) -> Result<CaughtUp, postgres::Error> {
+    let mut done = CaughtUp::default();
+    let marks = client.query(BACKLOG_STALE_SQL, &[&stale.as_secs_f64()])?;
+    for mark in marks {
+        let writer: i64 = mark.get(0);
+        let since: SystemTime = mark.get(1);
+        let updated_at: SystemTime = mark.get(2);
+        let mut tx = client.transaction()?;
+        let users = tx.execute(CATCH_UP_SQL, &[&since])?;
+        tx.execute(BACKLOG_REPAIRED_SQL, &[&writer, &updated_at])?;
+        tx.commit()?;
+        done.marks += 1;
+        done.users += users;
+    }
+    Ok(done)
 }
 
 /// What one purchases transaction committed.

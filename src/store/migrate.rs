@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0005_double_sales",
         include_str!("../../migrations/0005_double_sales.sql"),
     ),
+    (
+        6,
+        "0006_users_backlog",
+        include_str!("../../migrations/0006_users_backlog.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serializes migrations across instances

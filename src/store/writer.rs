@@ -1,5 +1,6 @@
 //! The writer thread ("pg-writer"): batches the cores' checkout records into
-//! Postgres (many rows per statement), drains the per-sale Redis purchase
+//! Postgres (many rows per statement), collects their new users and commits
+//! those apart, in fewer and bigger transactions (`PendingUsers`), drains the per-sale Redis purchase
 //! outboxes into `purchases` (XDEL only after commit, so a killed process
 //! loses nothing and the next start replays what is left), probes Postgres
 //! to keep `PostgresHealth` true, and backs off while Postgres is down
@@ -11,6 +12,7 @@
 //! bisection that isolates refused rows are in `batch`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,7 +23,8 @@ use crate::error::{Error, ErrorKind};
 use crate::metrics::{self, Table};
 
 use super::batch::{
-    DoubleSale, KnownUsers, classify, insert_checkouts, insert_purchases, write_bisecting,
+    BacklogMark, DoubleSale, IdHasher, KnownUsers, UserColumns, catch_up_users, classify,
+    clear_backlog, insert_checkouts, insert_purchases, insert_users, write_bisecting,
 };
 use super::outbox::{self, DeadReason, OutboxEntry};
 use super::sales::{self, SaleRow};
@@ -43,6 +46,12 @@ pub struct WriterConfig {
     pub keys: Arc<Keys>,
     /// Redis's clock as this instance tracks it: when to try closing a sale.
     pub clock: Arc<RedisClock>,
+    /// Longest the new users of committed checkout batches wait before they
+    /// are committed to `users` (fewer, bigger transactions).
+    pub users_flush_after: Duration,
+    /// A `users_backlog` mark not written for this long belongs to a writer
+    /// that is gone: any instance then repairs it.
+    pub users_backlog_stale: Duration,
 }
 
 /// While Postgres is down the writer holds at most this many batches; past
@@ -51,6 +60,13 @@ pub struct WriterConfig {
 const HELD_BATCHES: usize = 4;
 /// User ids the writer remembers as committed (about 16 MB at most).
 const KNOWN_USERS: usize = 1 << 20;
+/// Users collected before they are committed at once, whatever their age.
+const USERS_BATCH: usize = 50_000;
+/// Past this many collected users, checkout batches wait until the users
+/// are committed (bounded memory while Postgres fails).
+const USERS_HOLD: usize = 4 * USERS_BATCH;
+/// How often stale `users_backlog` marks are looked for.
+const BACKLOG_CHECK: Duration = Duration::from_secs(10);
 /// How often the outboxes are read.
 const OUTBOX_INTERVAL: Duration = Duration::from_millis(10);
 /// Entries per XRANGE (and so per purchases transaction).
@@ -207,9 +223,15 @@ struct Writer {
     oldest: Option<Instant>,
     /// Every sender is gone.
     closed: bool,
-    /// Users committed by this writer's checkout batches, left out of later
-    /// checkout batches (see `KnownUsers` for when it is forgotten).
+    /// Users this writer committed to `users`, not collected again (see
+    /// `KnownUsers` for when it is forgotten).
     known_users: KnownUsers,
+    /// Users of committed checkout batches, not yet in `users`.
+    users: PendingUsers,
+    /// This writer's key in `users_backlog` (random per process).
+    writer_id: i64,
+    /// When stale backlog marks are next looked for.
+    next_catch_up: Instant,
 
     pg: Backoff,
     last_pg_contact: Instant,
@@ -253,6 +275,10 @@ impl Writer {
             oldest: None,
             closed: false,
             known_users: KnownUsers::new(KNOWN_USERS),
+            users: PendingUsers::default(),
+            writer_id: rand::RngExt::random::<i64>(&mut rand::rng()),
+            // At once: repairs what a killed process left.
+            next_catch_up: now,
             pg: Backoff::default(),
             // Probe at once: health starts down until Postgres answers.
             last_pg_contact: now.checked_sub(PROBE_IDLE).unwrap_or(now),
@@ -286,6 +312,14 @@ impl Writer {
             if self.pg.ready(now) {
                 self.flush_checkouts();
             }
+            if self.pg.ready(Instant::now()) {
+                self.flush_users(false);
+            }
+            let now = Instant::now();
+            if self.pg.ready(now) && now >= self.next_catch_up {
+                self.next_catch_up = now + BACKLOG_CHECK;
+                self.catch_up();
+            }
             let now = Instant::now();
             if self.pg.ready(now) && now >= self.next_outbox {
                 self.next_outbox = now + OUTBOX_INTERVAL;
@@ -300,7 +334,11 @@ impl Writer {
                 self.probe();
             }
 
-            if self.closed && self.pending.is_empty() && self.pg.ready(Instant::now()) {
+            if self.closed
+                && self.pending.is_empty()
+                && self.users.settled()
+                && self.pg.ready(Instant::now())
+            {
                 // Everything received is committed: one more full outbox pass.
                 match self.drain_outboxes(true) {
                     Ok(Pass::Complete) => {
@@ -387,6 +425,10 @@ impl Writer {
         {
             consider(oldest + self.config.flush_after);
         }
+        if let Some(since) = self.users.since {
+            consider(since + self.config.users_flush_after);
+        }
+        consider(self.next_catch_up);
         if let Some(deadline) = self.stop.deadline() {
             consider(deadline);
         }
@@ -403,9 +445,17 @@ impl Writer {
                     .is_none_or(|t| now >= t + self.config.flush_after))
     }
 
-    /// Writes due batches until none is due or Postgres fails.
+    /// Writes due batches until none is due or Postgres fails. The users of
+    /// each committed batch are collected (`PendingUsers`), not written.
     fn flush_checkouts(&mut self) {
         while self.flush_due(Instant::now()) && self.pg.ready(Instant::now()) {
+            if self.users.len() >= USERS_HOLD {
+                // Bounded memory: the users go first.
+                self.flush_users(true);
+                if self.users.len() >= USERS_HOLD {
+                    return;
+                }
+            }
             let n = self.pending.len().min(self.config.batch_rows);
             let started = Instant::now();
             let mut client = match self.pool.get_timeout(POOL_WAIT) {
@@ -417,15 +467,30 @@ impl Writer {
             };
             self.known_users.check_epoch(super::connections_opened());
             let batch = &self.pending.make_contiguous()[..n];
-            let known_users = &mut self.known_users;
-            let mut users = 0u64;
+            let known_users = &self.known_users;
+            let users = &mut self.users;
+            let writer = self.writer_id;
+            let remark_after = self.config.users_backlog_stale / 2;
             let mut rows = 0u64;
             let outcome = write_bisecting(
                 batch,
                 |part| {
-                    let (u, r) = insert_checkouts(&mut client, part, known_users)?;
-                    users += u;
-                    rows += r;
+                    // The earliest checkout whose user `users` may lack.
+                    let new_since = part
+                        .iter()
+                        .filter(|r| !known_users.contains(r.user_id))
+                        .map(|r| r.at_ms)
+                        .min();
+                    let mark = new_since.and_then(|since| users.mark_needed(since, remark_after));
+                    rows += insert_checkouts(
+                        &mut client,
+                        part,
+                        mark.map(|since_ms| BacklogMark { writer, since_ms }),
+                    )?;
+                    if let Some(since_ms) = mark {
+                        users.marked(since_ms);
+                    }
+                    users.collect(part.iter().filter(|r| !known_users.contains(r.user_id)));
                     Ok(())
                 },
                 classify,
@@ -448,7 +513,7 @@ impl Writer {
             for record in kept.into_iter().rev() {
                 self.pending.push_front(record);
             }
-            self.count_batch(Table::Checkouts, rows, users, started.elapsed());
+            self.count_batch(Table::Checkouts, rows, 0, started.elapsed());
             match outcome.error {
                 None if !outcome.deferred.is_empty() => {
                     // Try those again with the next batch, not in a loop now.
@@ -466,6 +531,110 @@ impl Writer {
                     self.pg_failed(Error::from(e), "checkouts batch");
                     return;
                 }
+            }
+        }
+    }
+
+    /// Commits the collected users when due (`force`: now): in bigger
+    /// batches than the checkouts', synchronously, then deletes this
+    /// writer's backlog mark. A user refused for good (never, with ids > 0)
+    /// is logged and dropped; nothing else is dropped.
+    fn flush_users(&mut self, force: bool) {
+        let Some(since) = self.users.since else {
+            return;
+        };
+        let now = Instant::now();
+        let due = force
+            || self.closed
+            || self.stop.deadline().is_some()
+            || self.users.len() >= USERS_BATCH
+            || now >= since + self.config.users_flush_after;
+        if !due || !self.pg.ready(now) {
+            return;
+        }
+        let started = Instant::now();
+        let mut client = match self.pool.get_timeout(POOL_WAIT) {
+            Ok(client) => client,
+            Err(e) => {
+                self.pg_failed(Error::from(e), "users batch");
+                return;
+            }
+        };
+        self.known_users.check_epoch(super::connections_opened());
+        let mut collected: Vec<(i64, i64)> = self.users.drain();
+        collected.sort_unstable();
+        let mut inserted = 0u64;
+        let outcome = write_bisecting(
+            &collected,
+            |part| {
+                inserted += insert_users(&mut client, &UserColumns::sorted(part.to_vec()))?;
+                Ok(())
+            },
+            classify,
+        );
+        for &i in &outcome.rejected {
+            tracing::error!(user = ?collected[i], "users row refused by Postgres constraints; dropped");
+            self.metrics.postgres_error();
+        }
+        let mut committed = Vec::with_capacity(collected.len());
+        for (i, (id, at_ms)) in collected.into_iter().enumerate() {
+            if outcome.done[i] {
+                committed.push(id);
+            } else {
+                self.users.keep(id, at_ms);
+            }
+        }
+        self.known_users.remember(&committed);
+        if inserted > 0 {
+            self.metrics
+                .batch(Table::Users, inserted as usize, started.elapsed());
+        }
+        if let Some(e) = outcome.error {
+            drop(client);
+            self.pg_failed(Error::from(e), "users batch");
+            return;
+        }
+        if self.users.is_empty() {
+            if let Err(e) = clear_backlog(&mut client, self.writer_id) {
+                drop(client);
+                self.pg_failed(Error::from(e), "users backlog");
+                return;
+            }
+            self.users.cleared();
+        }
+        drop(client);
+        self.pg_ok();
+    }
+
+    /// Repairs the backlog marks of writers that are gone (killed before
+    /// they committed their users): see `batch::catch_up_users`.
+    fn catch_up(&mut self) {
+        let mut client = match self.pool.get_timeout(POOL_WAIT) {
+            Ok(client) => client,
+            Err(e) => {
+                self.pg_failed(Error::from(e), "users backlog repair");
+                return;
+            }
+        };
+        match catch_up_users(&mut client, self.config.users_backlog_stale) {
+            Ok(done) => {
+                drop(client);
+                if done.marks > 0 {
+                    tracing::warn!(
+                        marks = done.marks,
+                        users = done.users,
+                        "users of checkouts left by a writer that stopped before committing them: inserted"
+                    );
+                }
+                if done.users > 0 {
+                    self.metrics
+                        .batch(Table::Users, done.users as usize, Duration::ZERO);
+                }
+                self.pg_ok();
+            }
+            Err(e) => {
+                drop(client);
+                self.pg_failed(Error::from(e), "users backlog repair");
             }
         }
     }
@@ -526,8 +695,12 @@ impl Writer {
         let now = Instant::now();
         self.last_pg_contact = now;
         self.health.set(false);
-        // What checkout batches committed asynchronously may be lost.
+        // Cheap to rebuild, and a new connection may be to another server.
         self.known_users.forget();
+        // Another instance may repair (and delete) the backlog mark while
+        // this writer cannot reach Postgres: write it again with the next
+        // batch.
+        self.users.unmark();
         self.metrics.postgres_error();
         let first = !self.pg.failing();
         let retry_in = self.pg.fail(now);
@@ -824,6 +997,13 @@ impl Writer {
 
     fn log_leftovers(&self) {
         let queued = self.records.len();
+        if !self.users.is_empty() {
+            tracing::error!(
+                users = self.users.len(),
+                "Postgres writer stopped at its deadline with users of committed checkouts not in users; \
+                 the backlog mark stays, and a running instance inserts them after the stale delay"
+            );
+        }
         if self.pending.is_empty() && queued == 0 {
             tracing::warn!(
                 "Postgres writer stopped at its deadline before its last outbox pass; \
@@ -837,6 +1017,81 @@ impl Writer {
                  (purchases stay in the Redis outboxes and are replayed on the next start)"
             );
         }
+    }
+}
+
+/// Users of committed checkout batches that `users` may not have yet, each
+/// with its first checkout time, and the state of this writer's
+/// `users_backlog` mark that covers them.
+#[derive(Default)]
+struct PendingUsers {
+    first_seen: HashMap<i64, i64, BuildHasherDefault<IdHasher>>,
+    /// When the first of them was collected.
+    since: Option<Instant>,
+    /// The mark as written: its `since` (Unix ms) and when. `None`: not
+    /// written since the last clear or Postgres error.
+    mark: Option<(i64, Instant)>,
+}
+
+impl PendingUsers {
+    fn len(&self) -> usize {
+        self.first_seen.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first_seen.is_empty()
+    }
+
+    /// Nothing collected and the mark deleted.
+    fn settled(&self) -> bool {
+        self.first_seen.is_empty() && self.since.is_none()
+    }
+
+    /// The `since` to write with a batch whose earliest checkout of a user
+    /// not known to be in `users` is `batch_since`, or `None` when the mark
+    /// written already covers it (and is fresh).
+    fn mark_needed(&self, batch_since: i64, remark_after: Duration) -> Option<i64> {
+        match self.mark {
+            Some((since, at)) if since <= batch_since && at.elapsed() < remark_after => None,
+            Some((since, _)) => Some(since.min(batch_since)),
+            None => Some(batch_since),
+        }
+    }
+
+    /// The mark was committed with `since`.
+    fn marked(&mut self, since: i64) {
+        self.mark = Some((since, Instant::now()));
+    }
+
+    /// Forgets that the mark is written (write it again with the next batch).
+    fn unmark(&mut self) {
+        self.mark = None;
+    }
+
+    /// The mark was deleted (every user it covered is committed).
+    fn cleared(&mut self) {
+        self.mark = None;
+        self.since = None;
+    }
+
+    fn collect<'a>(&mut self, records: impl Iterator<Item = &'a CheckoutRecord>) {
+        for r in records {
+            self.keep(r.user_id, r.at_ms);
+        }
+    }
+
+    fn keep(&mut self, id: i64, at_ms: i64) {
+        self.first_seen
+            .entry(id)
+            .and_modify(|t| *t = (*t).min(at_ms))
+            .or_insert(at_ms);
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Takes every collected user (`since` and the mark stay until
+    /// `cleared`).
+    fn drain(&mut self) -> Vec<(i64, i64)> {
+        self.first_seen.drain().collect()
     }
 }
 

@@ -652,6 +652,12 @@ impl TestServer {
         tail(&self.log_path, lines)
     }
 
+    /// SIGTERM, then waits up to `timeout` for the process to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        services::signal(self.child.id(), services::SIGTERM);
+        services::wait_exit(&mut self.child, timeout)
+    }
+
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
