@@ -72,6 +72,7 @@ pub fn start_cores(count: usize, setup: CoreSetup) -> std::io::Result<Vec<JoinHa
         let handle = std::thread::Builder::new()
             .name(format!("core-{index}"))
             .spawn(move || {
+                crate::allocator::mark_core_thread();
                 if let Some(core) = pin
                     && !core_affinity::set_for_current(core)
                 {

@@ -2,7 +2,8 @@
 //! (`flashsale_build_info`) and the standard Prometheus process metrics
 //! (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
 //! `process_open_fds`, `process_max_fds`, `process_start_time_seconds`) from
-//! `/proc/self`. A value that cannot be read is left out, not faked.
+//! `/proc/self`, and in a `count-allocs` build the core threads' allocations.
+//! A value that cannot be read is left out, not faked.
 
 use std::fmt::Write as _;
 
@@ -125,6 +126,15 @@ pub fn render_process(out: &mut String) {
             "gauge",
             "Maximum number of open file descriptors.",
             max as f64,
+        );
+    }
+    if let Some(n) = crate::allocator::core_allocations() {
+        gauge(
+            out,
+            "flashsale_core_allocations_total",
+            "counter",
+            "Heap allocations made on core threads (a count-allocs build only).",
+            n as f64,
         );
     }
 }
