@@ -21,7 +21,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use flashsale::api::json::{ActiveSaleBody, CheckoutBody, ItemBody, ItemsBody, PurchaseBody};
+use flashsale::api::json::{
+    ActiveSaleBody, CheckoutBody, IdList, ItemBody, ItemsBody, PurchaseBody,
+};
 use flashsale::http::response::ErrorBody;
 
 #[global_allocator]
@@ -61,10 +63,12 @@ impl JsonWriter for SerdeJson {
 /// `<sale>-<32 hex>`.
 struct Fixtures {
     code: String,
-    one_item: Vec<i64>,
-    ten_items: Vec<i64>,
-    purchased: Vec<i64>,
-    unavailable: Vec<i64>,
+    first_item: i64,
+    /// Item id lists as the scripts answer them: comma-separated.
+    one_item: String,
+    ten_items: String,
+    purchased: String,
+    unavailable: String,
     page: ItemsBody,
 }
 
@@ -98,12 +102,19 @@ impl Fixtures {
                 })
                 .collect(),
         };
+        let csv = |ids: &[i64]| {
+            ids.iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         Fixtures {
             code: format!("{SALE}-9f86d081884c7d659a2feaa0c55ad015"),
-            one_item: ten_items[..1].to_vec(),
-            purchased: ten_items[..3].to_vec(),
-            unavailable: ten_items[3..4].to_vec(),
-            ten_items,
+            first_item: ten_items[0],
+            one_item: csv(&ten_items[..1]),
+            purchased: csv(&ten_items[..3]),
+            unavailable: csv(&ten_items[3..4]),
+            ten_items: csv(&ten_items),
             page,
         }
     }
@@ -126,7 +137,7 @@ const CASES: [&str; 7] = [
 fn run_case<W: JsonWriter>(case: &str, fx: &Fixtures, out: &mut Vec<u8>, iterations: u64) {
     match case {
         "checkout-1" | "checkout-10" => {
-            let items: &[i64] = if case == "checkout-1" {
+            let items = if case == "checkout-1" {
                 &fx.one_item
             } else {
                 &fx.ten_items
@@ -134,8 +145,8 @@ fn run_case<W: JsonWriter>(case: &str, fx: &Fixtures, out: &mut Vec<u8>, iterati
             let body = CheckoutBody {
                 code: &fx.code,
                 sale_id: SALE,
-                item_id: fx.one_item[0],
-                items,
+                item_id: fx.first_item,
+                items: IdList(items),
             };
             measured_loop::<W, _>(out, &body, iterations)
         }
@@ -145,8 +156,8 @@ fn run_case<W: JsonWriter>(case: &str, fx: &Fixtures, out: &mut Vec<u8>, iterati
                 message: None,
                 sale_id: SALE,
                 user_id: 734_221,
-                purchased: &fx.purchased,
-                unavailable: &fx.unavailable,
+                purchased: IdList(&fx.purchased),
+                unavailable: IdList(&fx.unavailable),
             };
             measured_loop::<W, _>(out, &body, iterations)
         }
@@ -156,8 +167,8 @@ fn run_case<W: JsonWriter>(case: &str, fx: &Fixtures, out: &mut Vec<u8>, iterati
                 message: Some("none of the checkout's items could be bought"),
                 sale_id: SALE,
                 user_id: 734_221,
-                purchased: &[],
-                unavailable: &fx.purchased,
+                purchased: IdList(""),
+                unavailable: IdList(&fx.purchased),
             };
             measured_loop::<W, _>(out, &body, iterations)
         }

@@ -3,7 +3,7 @@
 //! core's next batch of checkouts); record every well-formed attempt for the
 //! writer.
 
-use super::json::{self, CheckoutBody};
+use super::json::{CheckoutBody, IdList};
 use super::params::Query;
 use super::{Answer, Api, ITEM_NOT_FOUND, NO_ACTIVE_SALE, Reject, WRITER_QUEUE_FULL};
 use crate::http::ResponseHead;
@@ -11,8 +11,7 @@ use crate::http::response::write_json;
 use crate::redis_client::batch::BatchCall;
 use crate::redis_client::keys::Keys;
 use crate::redis_client::scripts::{Script, Scripts};
-use crate::redis_client::texts;
-use crate::sale::code::new_code;
+use crate::sale::code::{Code, new_code};
 use crate::sale::{CheckoutOutcome, ITEM_ID_STRIDE, SaleInfo};
 use crate::store::{CheckoutRecord, Record};
 
@@ -23,7 +22,7 @@ pub(super) struct CheckoutCall {
     expire_at_ms: i64,
     user_id: i64,
     item_number: u32,
-    fresh_code: String,
+    fresh_code: Code,
 }
 
 impl BatchCall for CheckoutCall {
@@ -117,9 +116,9 @@ impl Api {
                 .await
                 .map_err(|e| self.redis_failed(e))?
         };
-        let fields = texts(&reply).ok_or(super::INTERNAL)?;
-        let (outcome, code, items) = match fields.as_slice() {
-            [outcome, code, items] => (*outcome, *code, *items),
+        let mut fields = [""; 3];
+        let (outcome, code, items) = match reply.texts(&mut fields) {
+            Some(3) => (fields[0], fields[1], fields[2]),
             _ => return Err(super::INTERNAL),
         };
         match outcome {
@@ -132,14 +131,13 @@ impl Api {
                     CheckoutOutcome::Added,
                     now,
                 )?;
-                let items = json::parse_id_list(items);
                 write_json(
                     body,
                     &CheckoutBody {
                         code,
                         sale_id: sale.id,
                         item_id,
-                        items: &items,
+                        items: IdList(items),
                     },
                 );
                 Ok(ResponseHead::json(200))
@@ -208,11 +206,16 @@ impl Api {
         at_ms: i64,
     ) -> Result<(), Reject> {
         self.deps.metrics.checkout_outcome(outcome.as_str());
+        // Every code the script answers was issued by `new_code`, so it fits.
+        let code = match code {
+            Some(code) => Some(Code::from_text(code).ok_or(super::INTERNAL)?),
+            None => None,
+        };
         let record = Record::Checkout(CheckoutRecord {
             sale_id: sale.id,
             user_id,
             item_id,
-            code: code.map(str::to_string),
+            code,
             outcome: outcome.as_str(),
             at_ms,
         });

@@ -8,7 +8,7 @@ pub struct CheckoutBody<'a> {
     pub code: &'a str,
     pub sale_id: i64,
     pub item_id: i64,
-    pub items: &'a [i64],
+    pub items: IdList<'a>,
 }
 
 #[derive(Serialize)]
@@ -19,8 +19,26 @@ pub struct PurchaseBody<'a> {
     pub message: Option<&'a str>,
     pub sale_id: i64,
     pub user_id: i64,
-    pub purchased: &'a [i64],
-    pub unavailable: &'a [i64],
+    pub purchased: IdList<'a>,
+    pub unavailable: IdList<'a>,
+}
+
+/// Item ids as a Lua reply lists them, comma-separated, serialized as a JSON
+/// array of numbers straight from the text (no list is built); a part that
+/// is not a number is left out.
+#[derive(Debug, Clone, Copy)]
+pub struct IdList<'a>(pub &'a str);
+
+impl<'a> IdList<'a> {
+    pub fn iter(self) -> impl Iterator<Item = i64> + 'a {
+        self.0.split(',').filter_map(|s| s.parse().ok())
+    }
+}
+
+impl Serialize for IdList<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
 }
 
 #[derive(Serialize)]
@@ -64,10 +82,6 @@ pub fn rfc3339(unix_secs: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Item ids from a Lua reply's comma-separated list.
-pub fn parse_id_list(csv: &str) -> Vec<i64> {
-    csv.split(',').filter_map(|s| s.parse().ok()).collect()
-}
 
 #[cfg(test)]
 mod tests {
@@ -83,7 +97,7 @@ mod tests {
                 code: "1-ab",
                 sale_id: 1,
                 item_id: 1_000_001,
-                items: &[1_000_001, 1_000_002],
+                items: IdList("1000001,1000002"),
             },
         );
         assert_eq!(
@@ -100,8 +114,8 @@ mod tests {
             message: None,
             sale_id: 2,
             user_id: 7,
-            purchased: &[2_000_001],
-            unavailable: &[],
+            purchased: IdList("2000001"),
+            unavailable: IdList(""),
         };
         write(&mut out, &body);
         assert_eq!(
@@ -111,7 +125,7 @@ mod tests {
         out.clear();
         body.error = Some("nothing_purchased");
         body.message = Some("none");
-        body.purchased = &[];
+        body.purchased = IdList("");
         write(&mut out, &body);
         assert!(
             String::from_utf8(out)
@@ -123,7 +137,11 @@ mod tests {
     #[test]
     fn times_and_lists() {
         assert_eq!(rfc3339(3600), "1970-01-01T01:00:00Z");
-        assert_eq!(parse_id_list(""), Vec::<i64>::new());
-        assert_eq!(parse_id_list("1,22,333"), vec![1, 22, 333]);
+        let ids = |csv| IdList(csv).iter().collect::<Vec<_>>();
+        assert_eq!(ids(""), Vec::<i64>::new());
+        assert_eq!(ids("1,22,333"), vec![1, 22, 333]);
+        let mut out = Vec::new();
+        write(&mut out, &IdList("1,x,22"));
+        assert_eq!(out, b"[1,22]");
     }
 }

@@ -7,34 +7,37 @@ use std::borrow::Cow;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidParams(pub &'static str);
 
-/// The named parameters of a query string, each at most once.
+/// The named parameters of a query string, each at most once. Reads the
+/// string afresh for each parameter asked for instead of collecting the
+/// pairs, so a request's parameters cost no allocation (a value is copied
+/// only when it is percent-encoded).
 pub struct Query<'a> {
-    pairs: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    query: &'a str,
 }
 
 impl<'a> Query<'a> {
     pub fn parse(query: &'a str) -> Self {
-        Query {
-            pairs: form_urlencoded::parse(query.as_bytes()).collect(),
-        }
+        Query { query }
+    }
+
+    fn pairs(&self) -> form_urlencoded::Parse<'a> {
+        form_urlencoded::parse(self.query.as_bytes())
     }
 
     /// Whether any of `names` is given (once or more).
     pub fn has_any(&self, names: &[&str]) -> bool {
-        self.pairs
-            .iter()
-            .any(|(key, _)| names.contains(&key.as_ref()))
+        self.pairs().any(|(key, _)| names.contains(&key.as_ref()))
     }
 
     /// The value of `name`, if given exactly once.
-    fn get(&self, name: &str) -> Result<Option<&str>, InvalidParams> {
+    fn get(&self, name: &str) -> Result<Option<Cow<'a, str>>, InvalidParams> {
         let mut found = None;
-        for (key, value) in &self.pairs {
+        for (key, value) in self.pairs() {
             if key == name {
                 if found.is_some() {
                     return Err(InvalidParams("a parameter is given twice"));
                 }
-                found = Some(value.as_ref());
+                found = Some(value);
             }
         }
         Ok(found)
@@ -47,7 +50,7 @@ impl<'a> Query<'a> {
         message: &'static str,
     ) -> Result<i64, InvalidParams> {
         match self.get(name)? {
-            Some(text) => parse_positive(text).ok_or(InvalidParams(message)),
+            Some(text) => parse_positive(&text).ok_or(InvalidParams(message)),
             None => Err(InvalidParams(message)),
         }
     }
@@ -63,14 +66,18 @@ impl<'a> Query<'a> {
     ) -> Result<i64, InvalidParams> {
         match self.get(name)? {
             None => Ok(default),
-            Some(text) => parse_digits(text)
+            Some(text) => parse_digits(&text)
                 .filter(|v| (min..=max).contains(v))
                 .ok_or(InvalidParams(message)),
         }
     }
 
     /// A required text parameter.
-    pub fn text(&self, name: &'static str, message: &'static str) -> Result<&str, InvalidParams> {
+    pub fn text(
+        &self,
+        name: &'static str,
+        message: &'static str,
+    ) -> Result<Cow<'a, str>, InvalidParams> {
         self.get(name)?.ok_or(InvalidParams(message))
     }
 }
@@ -139,7 +146,7 @@ mod tests {
     #[test]
     fn text_is_percent_decoded() {
         let q = Query::parse("code=12-ab%63");
-        assert_eq!(q.text("code", "bad"), Ok("12-abc"));
+        assert_eq!(q.text("code", "bad").as_deref(), Ok("12-abc"));
     }
 }
 

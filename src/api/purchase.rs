@@ -3,15 +3,14 @@
 //! script itself appends each sale to the sale's outbox stream, so nothing
 //! here talks to the writer.
 
-use super::json::{self, PurchaseBody};
+use super::json::{IdList, PurchaseBody};
 use super::params::Query;
 use super::{Answer, Api, Reject};
 use crate::http::ResponseHead;
 use crate::http::response::write_json;
-use crate::redis_client::batch::BatchCall;
+use crate::redis_client::batch::{BatchCall, CallReply};
 use crate::redis_client::keys::Keys;
 use crate::redis_client::scripts::{Script, Scripts};
-use crate::redis_client::texts;
 use crate::sale::ITEM_ID_STRIDE;
 use crate::sale::code::{CodeIds, parse_code};
 
@@ -64,13 +63,18 @@ impl BatchCall for PurchaseCall {
 
     /// A purchase answered `200`, first time or replayed: with replicas to
     /// wait for, it is answered only once they confirmed it.
-    fn needs_replicas(reply: &redis::Value) -> bool {
+    fn needs_replicas(reply: &CallReply) -> bool {
+        let mut fields = [""; REPLY_FIELDS];
+        let n = reply.texts(&mut fields).unwrap_or(0);
         matches!(
-            texts(reply).as_deref(),
-            Some([outcome, _, _, _, status, _]) if (*outcome == "done" || *outcome == "replay") && *status == "200"
+            &fields[..n],
+            [outcome, _, _, _, status, _] if (*outcome == "done" || *outcome == "replay") && *status == "200"
         )
     }
 }
+
+/// The most fields a reply of purchase.lua has (`done` and `replay`).
+const REPLY_FIELDS: usize = 6;
 
 const UNKNOWN_CODE: Reject = Reject::new(404, "unknown_code", "no checkout has this code");
 const SALE_ENDED: Reject = Reject::new(410, "sale_ended", "the sale of this code is over");
@@ -79,7 +83,7 @@ impl Api {
     pub(super) async fn purchase(&self, query: &str, body: &mut Vec<u8>) -> Answer {
         let query = Query::parse(query);
         let code = query.text("code", "code is required")?;
-        let CodeIds { sale_id, user_id } = parse_code(code).ok_or(Reject::new(
+        let CodeIds { sale_id, user_id } = parse_code(&code).ok_or(Reject::new(
             400,
             "invalid_params",
             "code is not a checkout code",
@@ -92,15 +96,16 @@ impl Api {
                 .call(PurchaseCall {
                     sale_id,
                     first_item,
-                    code_key: self.deps.keys.code(sale_id, code),
+                    code_key: self.deps.keys.code(sale_id, &code),
                     user_key: self.deps.keys.user(sale_id, user_id),
                     confirm_replays: self.deps.wait_replicas > 0,
                 })
                 .await
                 .map_err(|e| self.redis_failed(e))?
         };
-        let fields = texts(&reply).ok_or(super::INTERNAL)?;
-        match fields.as_slice() {
+        let mut fields = [""; REPLY_FIELDS];
+        let n = reply.texts(&mut fields).ok_or(super::INTERNAL)?;
+        match &fields[..n] {
             ["fenced"] => Err(self.fenced(sale_id)),
             ["unknown"] => Err(UNKNOWN_CODE),
             ["ended", _user] => Err(SALE_ENDED),
@@ -113,10 +118,10 @@ impl Api {
                 _sold_total,
             ] => {
                 let user_id: i64 = user.parse().map_err(|_| super::INTERNAL)?;
-                let purchased = json::parse_id_list(purchased);
-                let unavailable = json::parse_id_list(unavailable);
+                let purchased = IdList(purchased);
+                let unavailable = IdList(unavailable);
                 if *outcome == "done" {
-                    self.note_sold(sale_id, &purchased);
+                    self.note_sold(sale_id, purchased);
                 }
                 let ok = *status == "200";
                 write_json(
@@ -126,8 +131,8 @@ impl Api {
                         message: (!ok).then_some("none of the checkout's items could be bought"),
                         sale_id,
                         user_id,
-                        purchased: &purchased,
-                        unavailable: &unavailable,
+                        purchased,
+                        unavailable,
                     },
                 );
                 Ok(ResponseHead::json(if ok { 200 } else { 409 }))
@@ -137,10 +142,10 @@ impl Api {
     }
 
     /// Items this core saw bought go into its known-sold map.
-    fn note_sold(&self, sale_id: i64, item_ids: &[i64]) {
-        self.deps.metrics.items_sold(item_ids.len() as u64);
+    fn note_sold(&self, sale_id: i64, item_ids: IdList<'_>) {
+        self.deps.metrics.items_sold(item_ids.iter().count() as u64);
         let mut sold = self.sold.borrow_mut();
-        for &id in item_ids {
+        for id in item_ids.iter() {
             if let Some((item_sale, n)) = crate::sale::split_item_id(id)
                 && item_sale == sale_id
             {

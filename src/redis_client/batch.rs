@@ -8,18 +8,24 @@
 //! batches of one. Under load, calls queue behind the batches in flight and
 //! leave together with the next one. The script sees the calls in order and
 //! decides each as if it had run alone: the batch is only a transport.
+//!
+//! The batch's reply (an array with one reply per call) is not parsed into a
+//! `redis::Value` tree: each caller gets the frame and where its own reply
+//! lies in it (`CallReply`), and reads its fields from the bytes.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use local_sync::oneshot;
-use redis::{Cmd, Value};
+use redis::Cmd;
 
 use super::RedisClient;
 use super::keys::Keys;
+use super::resp::{self, Frame};
 use super::scripts::{Script, Scripts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
@@ -49,7 +55,7 @@ pub trait BatchCall: 'static {
     fn args(&self, cmd: &mut Cmd);
     /// Whether this reply may be answered only once replicas confirmed the
     /// batch's writes (when the batcher waits for replicas at all).
-    fn needs_replicas(_reply: &Value) -> bool {
+    fn needs_replicas(_reply: &CallReply) -> bool {
         false
     }
 }
@@ -82,7 +88,26 @@ struct Inner<C> {
 }
 
 /// A queued call: the call, where its reply goes, when it was queued.
-type Queued<C> = (C, oneshot::Sender<Result<Value>>, Instant);
+type Queued<C> = (C, oneshot::Sender<Result<CallReply>>, Instant);
+
+/// One call's reply: its part of the batch's reply frame.
+pub struct CallReply {
+    frame: Frame,
+    range: Range<usize>,
+}
+
+impl CallReply {
+    /// The reply's frame, as Redis sent it.
+    pub fn bytes(&self) -> &[u8] {
+        &self.frame.bytes()[self.range.clone()]
+    }
+
+    /// The reply read as an array of strings into `out` (see `resp::texts`):
+    /// how many there were, `None` for another shape or more than `out` holds.
+    pub fn texts<'a>(&'a self, out: &mut [&'a str]) -> Option<usize> {
+        resp::texts(self.bytes(), out)
+    }
+}
 
 /// How calls are grouped.
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +150,7 @@ impl<C: BatchCall> Batcher<C> {
     }
 
     /// Runs one call in the next batch and returns its reply.
-    pub async fn call(&self, call: C) -> Result<Value> {
+    pub async fn call(&self, call: C) -> Result<CallReply> {
         if !self.inner.redis.can_reach(Keys::sale_slot(call.group())) {
             return Err(Error::new(ErrorKind::RedisUnavailable, "redis is down"));
         }
@@ -225,13 +250,21 @@ async fn run_batch<C: BatchCall>(inner: Rc<Inner<C>>, batch: Vec<Queued<C>>) {
         (inner.redis.eval(slot, script, keys, args).await, None)
     };
     inner.observer.batch_answered(script.name, sent.elapsed());
-    match result {
-        Ok(Value::Array(replies)) if replies.len() == batch.len() => {
+    let elements = match &result {
+        Ok(frame) => frame.elements().filter(|e| e.len() == batch.len()),
+        Err(_) => None,
+    };
+    match (&result, elements) {
+        (Ok(frame), Some(elements)) => {
             // Replies that need no confirmation are answered at once; the
             // others once the WAIT answered, 503 when too few replicas
             // confirmed (the script ran: the outcome is stored, a retry
             // replays it).
             let mut unconfirmed = Vec::new();
+            let replies = elements.map(|range| CallReply {
+                frame: frame.clone(),
+                range,
+            });
             for ((_, tx, _), reply) in batch.into_iter().zip(replies) {
                 if confirmation.is_some() && C::needs_replicas(&reply) {
                     unconfirmed.push((tx, reply));
@@ -254,7 +287,7 @@ async fn run_batch<C: BatchCall>(inner: Rc<Inner<C>>, batch: Vec<Queued<C>>) {
                 }
             }
         }
-        Ok(_) => {
+        (Ok(_), None) => {
             tracing::error!(
                 script = script.name,
                 "batched script answered the wrong shape"
@@ -266,7 +299,7 @@ async fn run_batch<C: BatchCall>(inner: Rc<Inner<C>>, batch: Vec<Queued<C>>) {
                 )));
             }
         }
-        Err(e) => {
+        (Err(e), _) => {
             for (_, tx, _) in batch {
                 let _ = tx.send(Err(e.shared()));
             }

@@ -1,7 +1,7 @@
 //! One pipelined Redis connection on a monoio runtime. Callers append packed
 //! commands to a shared buffer and queue a reply slot; a writer task sends
 //! whatever piled up in one write, a reader task cuts replies into frames and
-//! hands them to the slots in order. A failure on either side kills the pipe:
+//! hands them, unparsed, to the slots in order. A failure on either side kills the pipe:
 //! every waiting caller gets an error and the client reconnects.
 
 use std::cell::{Cell, RefCell};
@@ -15,7 +15,7 @@ use monoio::net::TcpStream;
 use redis::Value;
 
 use super::RedisTarget;
-use super::resp::frame_len;
+use super::resp::{Frame, frame_len};
 use super::scripts::Scripts;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
@@ -25,7 +25,7 @@ const READ_CHUNK: usize = 64 * 1024;
 /// The reason given to `Pipe::kill` when the client is stopped on purpose.
 pub const SHUTTING_DOWN: &str = "shutting down";
 
-pub type Reply = Result<Value>;
+pub type Reply = Result<Frame>;
 
 /// The shared state of one live connection.
 pub struct Pipe {
@@ -214,10 +214,9 @@ async fn read_loop(pipe: Rc<Pipe>, mut reader: OwnedReadHalf<TcpStream>) {
         loop {
             match frame_len(&buf[start..]) {
                 Ok(Some(n)) => {
-                    let reply = redis::parse_redis_value(&buf[start..start + n])
-                        .map_err(|e| Error::with_cause(ErrorKind::RedisProtocol, "reply", e));
+                    let reply = Frame::new(&buf[start..start + n]);
                     start += n;
-                    if !pipe.complete(reply) {
+                    if !pipe.complete(Ok(reply)) {
                         pipe.kill("reply without a request");
                         return;
                     }

@@ -28,6 +28,7 @@ use redis::{Cmd, IntoConnectionInfo, ServerErrorKind, Value};
 
 use self::cluster::{SlotMap, Topology};
 use self::conn::Pipe;
+use self::resp::Frame;
 use self::scripts::{Script, Scripts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
@@ -271,25 +272,26 @@ impl RedisClient {
     /// its reply. A Redis error reply comes back as `Ok(Value::ServerError)`
     /// for the caller to judge (redirects are followed first).
     pub async fn query(&self, slot: u16, cmd: &Cmd) -> Result<Value> {
-        let (value, _) = self.routed(slot, &|_, _| Cow::Borrowed(cmd), None).await?;
-        Ok(value)
+        let (frame, _) = self.routed(slot, &|_, _| Cow::Borrowed(cmd), None).await?;
+        parse(&frame)
     }
 
     /// Runs a script on the keys of `slot` with EVALSHA; on NOSCRIPT resends
     /// it with EVAL (which also caches it). `args` adds the keys and then the
     /// arguments; it is given the fence of the node that owns the slot (its
-    /// cluster node id; '' on a single node).
+    /// cluster node id; '' on a single node). The reply comes back unparsed
+    /// (the caller reads its shape from the frame); an error reply is an error.
     pub async fn eval(
         &self,
         slot: u16,
         script: &Script,
         keys: usize,
         args: impl Fn(&mut Cmd, &str),
-    ) -> Result<Value> {
+    ) -> Result<Frame> {
         let build =
             |fence: &str, body: bool| Cow::Owned(script_cmd(script, body, keys, fence, &args));
-        let (value, _) = self.routed(slot, &build, None).await?;
-        server_reply(value)
+        let (frame, _) = self.routed(slot, &build, None).await?;
+        server_frame(frame)
     }
 
     /// Runs a script like `eval`, then `WAIT replicas <wait>` on the same
@@ -308,7 +310,7 @@ impl RedisClient {
         args: impl Fn(&mut Cmd, &str),
         replicas: u32,
         wait: Duration,
-    ) -> Result<(Value, Confirmation)> {
+    ) -> Result<(Frame, Confirmation)> {
         // `WAIT n 0` would block forever.
         let wait_ms = wait.as_millis().clamp(1, u128::from(u32::MAX)) as u64;
         let mut wait_cmd = redis::cmd("WAIT");
@@ -318,7 +320,7 @@ impl RedisClient {
         let bound = self.inner.timeout + Duration::from_millis(wait_ms);
         let build =
             |fence: &str, body: bool| Cow::Owned(script_cmd(script, body, keys, fence, &args));
-        let (value, waiting) = self.routed(slot, &build, Some(&wait_cmd)).await?;
+        let (frame, waiting) = self.routed(slot, &build, Some(&wait_cmd)).await?;
         let (pipe, reply) = waiting.expect("a WAIT was sent behind the script");
         let confirmation = Confirmation {
             client: self.clone(),
@@ -326,7 +328,7 @@ impl RedisClient {
             reply,
             bound,
         };
-        Ok((server_reply(value)?, confirmation))
+        Ok((server_frame(frame)?, confirmation))
     }
 
     /// PING, for health checks: every master of a cluster must answer.
@@ -348,7 +350,7 @@ impl RedisClient {
         for node in nodes {
             let pipe = node.pipe_with_room()?;
             let reply = pipe.send(&redis::cmd("PING"));
-            match server_reply(self.reply(&pipe, reply, self.inner.timeout).await?)? {
+            match server_reply(parse(&self.reply(&pipe, reply, self.inner.timeout).await?)?)? {
                 Value::SimpleString(_) | Value::Okay => {}
                 _ => {
                     return Err(Error::new(
@@ -374,7 +376,7 @@ impl RedisClient {
         build: &dyn Fn(&str, bool) -> Cow<'c, Cmd>,
         then: Option<&Cmd>,
     ) -> Result<(
-        Value,
+        Frame,
         Option<(Rc<Pipe>, local_sync::oneshot::Receiver<conn::Reply>)>,
     )> {
         let deadline = Instant::now() + self.inner.timeout;
@@ -398,9 +400,13 @@ impl RedisClient {
             let reply = pipe.send(&build(&fence, with_body));
             let after = then.map(|cmd| pipe.send(cmd));
             let left = deadline.saturating_duration_since(Instant::now());
-            let value = self.reply(&pipe, reply, left).await?;
-            let Value::ServerError(e) = &value else {
-                return Ok((value, after.map(|rx| (pipe, rx))));
+            let frame = self.reply(&pipe, reply, left).await?;
+            // Only an error reply is parsed here: it may be a redirect.
+            if !frame.is_error() {
+                return Ok((frame, after.map(|rx| (pipe, rx))));
+            }
+            let Value::ServerError(e) = parse(&frame)? else {
+                return Ok((frame, after.map(|rx| (pipe, rx))));
             };
             match e.kind() {
                 Some(ServerErrorKind::NoScript) if !with_body => {
@@ -451,7 +457,7 @@ impl RedisClient {
                     pause = (pause * 2).min(RETRY_MOST);
                     hop = Hop::Owner;
                 }
-                _ => return Ok((value, after.map(|rx| (pipe, rx)))),
+                _ => return Ok((frame, after.map(|rx| (pipe, rx)))),
             }
         }
         Err(Error::new(
@@ -559,7 +565,7 @@ impl RedisClient {
         pipe: &Pipe,
         reply: local_sync::oneshot::Receiver<conn::Reply>,
         timeout: Duration,
-    ) -> Result<Value> {
+    ) -> Result<Frame> {
         match monoio::time::timeout(timeout, reply).await {
             Ok(Ok(reply)) => {
                 pipe.note_reply();
@@ -684,11 +690,11 @@ pub struct Confirmation {
 impl Confirmation {
     /// How many replicas confirmed the connection's writes.
     pub async fn replicas(self) -> Result<i64> {
-        let value = self
+        let frame = self
             .client
             .reply(&self.pipe, self.reply, self.bound)
             .await?;
-        match server_reply(value)? {
+        match server_reply(parse(&frame)?)? {
             Value::Int(n) => Ok(n),
             _ => Err(Error::new(
                 ErrorKind::RedisProtocol,
@@ -696,6 +702,21 @@ impl Confirmation {
             )),
         }
     }
+}
+
+/// Parses a reply into a `Value` (every reply but the scripts').
+fn parse(frame: &Frame) -> Result<Value> {
+    frame
+        .value()
+        .map_err(|e| Error::with_cause(ErrorKind::RedisProtocol, "reply", e))
+}
+
+/// Turns an error reply into an error, leaving any other frame unparsed.
+fn server_frame(frame: Frame) -> Result<Frame> {
+    if frame.is_error() {
+        server_reply(parse(&frame)?)?;
+    }
+    Ok(frame)
 }
 
 /// Turns an error reply into an error.
@@ -756,23 +777,6 @@ async fn keep_connected(node: std::rc::Weak<Node>) {
     }
 }
 
-/// Reads a Lua reply's element as text.
-pub fn text(value: &Value) -> Option<&str> {
-    match value {
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
-    }
-}
-
-/// Reads a Lua reply (an array) as a list of strings.
-pub fn texts(value: &Value) -> Option<Vec<&str>> {
-    match value {
-        Value::Array(items) => items.iter().map(text).collect(),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -802,15 +806,5 @@ mod tests {
         assert!(redirect_addr(None, "h").is_err());
         assert_eq!(split_addr("10.0.0.2:7001"), ("10.0.0.2", 7001));
         assert_eq!(split_addr("::1:7001"), ("::1", 7001));
-    }
-
-    #[test]
-    fn lua_replies_read_as_text() {
-        let v = Value::Array(vec![
-            Value::BulkString(b"ok".to_vec()),
-            Value::BulkString(b"1-abc".to_vec()),
-        ]);
-        assert_eq!(texts(&v), Some(vec!["ok", "1-abc"]));
-        assert_eq!(texts(&Value::Int(1)), None);
     }
 }

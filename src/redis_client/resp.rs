@@ -1,6 +1,124 @@
 //! RESP framing: finds where one complete reply ends in a byte buffer, so the
-//! reader can hand whole frames to `redis::parse_redis_value` (the redis crate
-//! parses; this module only measures). Pure, no IO.
+//! reader can hand whole frames (`Frame`) to their callers, and reads the one
+//! shape the scripts answer (an array of arrays of strings) straight from a
+//! frame's bytes, without building a `redis::Value` tree; anything else is
+//! parsed by the redis crate (`Frame::value`). Pure, no IO.
+
+use std::ops::Range;
+use std::rc::Rc;
+
+/// One whole reply, as Redis sent it (shared: a batch's callers each read
+/// their part of it).
+#[derive(Clone)]
+pub struct Frame(Rc<[u8]>);
+
+impl Frame {
+    /// `bytes` must be one whole frame (`frame_len` measured it).
+    pub fn new(bytes: &[u8]) -> Frame {
+        Frame(Rc::from(bytes))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Whether the reply is an error (`-ERR ...`, `-NOSCRIPT ...`, `-MOVED ...`).
+    pub fn is_error(&self) -> bool {
+        self.0.first() == Some(&b'-')
+    }
+
+    /// The reply parsed by the redis crate, for every use but the scripts'
+    /// replies.
+    pub fn value(&self) -> redis::RedisResult<redis::Value> {
+        redis::parse_redis_value(&self.0)
+    }
+
+    /// Where each element of an array reply lies in the frame, if it is an
+    /// array.
+    pub fn elements(&self) -> Option<Elements<'_>> {
+        let (kind, n, pos) = header(&self.0, 0)?;
+        (kind == b'*' && n >= 0).then_some(Elements {
+            frame: &self.0,
+            pos,
+            left: n as usize,
+        })
+    }
+}
+
+/// The elements of an array frame, each as the range of its own frame.
+pub struct Elements<'a> {
+    frame: &'a [u8],
+    pos: usize,
+    left: usize,
+}
+
+impl Elements<'_> {
+    pub fn len(&self) -> usize {
+        self.left
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+}
+
+impl Iterator for Elements<'_> {
+    type Item = Range<usize>;
+
+    fn next(&mut self) -> Option<Range<usize>> {
+        if self.left == 0 {
+            return None;
+        }
+        let len = frame_len(&self.frame[self.pos..]).ok()??;
+        self.left -= 1;
+        let start = self.pos;
+        self.pos += len;
+        Some(start..self.pos)
+    }
+}
+
+/// Reads an array of strings (bulk or simple) into `out`, each as text;
+/// returns how many there were. `None` for any other shape, a string that
+/// is not UTF-8, or more elements than `out` holds.
+pub fn texts<'a>(frame: &'a [u8], out: &mut [&'a str]) -> Option<usize> {
+    let (kind, n, mut pos) = header(frame, 0)?;
+    if kind != b'*' || n < 0 || n as usize > out.len() {
+        return None;
+    }
+    let n = n as usize;
+    for slot in out.iter_mut().take(n) {
+        let (kind, len, next) = header(frame, pos)?;
+        let bytes = match kind {
+            b'$' if len >= 0 => {
+                let end = next.checked_add(len as usize)?;
+                let bytes = frame.get(next..end)?;
+                pos = end + 2;
+                bytes
+            }
+            // A simple string's text is its line, after the type byte.
+            b'+' => {
+                let bytes = &frame[pos + 1..next - 2];
+                pos = next;
+                bytes
+            }
+            _ => return None,
+        };
+        *slot = std::str::from_utf8(bytes).ok()?;
+    }
+    Some(n)
+}
+
+/// The type byte, the number on the line (0 for a simple string) and where
+/// the next line starts, for the frame starting at `pos`.
+fn header(buf: &[u8], pos: usize) -> Option<(u8, i64, usize)> {
+    let end = find_crlf(buf, pos)?;
+    let kind = buf[pos];
+    let n = match kind {
+        b'*' | b'$' => parse_len(&buf[pos + 1..end]).ok()?,
+        _ => 0,
+    };
+    Some((kind, n, end + 2))
+}
 
 /// The buffer does not hold a well-formed RESP frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +223,27 @@ mod tests {
         for cut in 0..frame.len() {
             assert_eq!(frame_len(&frame[..cut]), Ok(None), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn script_replies_read_without_a_value_tree() {
+        let bytes = b"*2\r\n*3\r\n$2\r\nok\r\n$4\r\n1-ab\r\n$0\r\n\r\n*1\r\n+fenced\r\n";
+        let frame = Frame::new(bytes);
+        assert!(!frame.is_error());
+        let elements: Vec<_> = frame.elements().unwrap().collect();
+        assert_eq!(elements.len(), 2);
+        let mut out = [""; 3];
+        assert_eq!(texts(&bytes[elements[0].clone()], &mut out), Some(3));
+        assert_eq!(out, ["ok", "1-ab", ""]);
+        assert_eq!(texts(&bytes[elements[1].clone()], &mut out), Some(1));
+        assert_eq!(out[0], "fenced");
+        // Too many for `out`, not an array, not strings: not read.
+        assert_eq!(texts(&bytes[elements[0].clone()], &mut [""; 2]), None);
+        assert_eq!(texts(b"$2\r\nok\r\n", &mut out), None);
+        assert_eq!(texts(b"*1\r\n:1\r\n", &mut out), None);
+        assert_eq!(texts(b"*1\r\n$2\r\n\xff\xfe\r\n", &mut out), None);
+        assert!(Frame::new(b"-NOSCRIPT x\r\n").is_error());
+        assert!(Frame::new(b":1\r\n").elements().is_none());
     }
 
     #[test]

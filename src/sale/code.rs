@@ -4,11 +4,68 @@
 //! the user's key, so a purchase passes every key it touches to its script;
 //! the random part makes the code unguessable. The user part is a claim the
 //! script checks against the code's stored user: a code with another user
-//! in it is unknown.
+//! in it is unknown. A code is held inline (`Code`, a fixed-size buffer),
+//! so issuing one and handing it to the writer costs no allocation.
 
 use rand::RngExt;
 
 const RANDOM_HEX_LEN: usize = 32;
+/// The longest code: an 18-digit sale id, a 19-digit user id, two dashes
+/// and the random part.
+pub const MAX_CODE_LEN: usize = 18 + 1 + 19 + 1 + RANDOM_HEX_LEN;
+
+/// A code's text, inline: at most `MAX_CODE_LEN` bytes of ASCII.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Code {
+    len: u8,
+    bytes: [u8; MAX_CODE_LEN],
+}
+
+impl Code {
+    /// `text` as a code, if it fits (a code Redis hands back was issued by
+    /// `new_code`, so it always does).
+    pub fn from_text(text: &str) -> Option<Code> {
+        let mut code = Code {
+            len: 0,
+            bytes: [0; MAX_CODE_LEN],
+        };
+        code.push(text.as_bytes())?;
+        Some(code)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only whole `&str`s are pushed (and ASCII digits), so the bytes are UTF-8.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).expect("a code is ASCII")
+    }
+
+    fn push(&mut self, part: &[u8]) -> Option<()> {
+        let start = usize::from(self.len);
+        let end = start.checked_add(part.len()).filter(|&e| e <= MAX_CODE_LEN)?;
+        self.bytes[start..end].copy_from_slice(part);
+        self.len = end as u8;
+        Some(())
+    }
+}
+
+impl std::ops::Deref for Code {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// What a well-formed code names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,10 +74,28 @@ pub struct CodeIds {
     pub user_id: i64,
 }
 
-/// A fresh code for `user_id`'s checkout in sale `sale_id`.
-pub fn new_code(sale_id: i64, user_id: i64) -> String {
+/// A fresh code for `user_id`'s checkout in sale `sale_id` (positive ids:
+/// at most 18 and 19 digits).
+pub fn new_code(sale_id: i64, user_id: i64) -> Code {
     let random: u128 = rand::rng().random();
-    format!("{sale_id}-{user_id}-{random:032x}")
+    let mut hex = [0u8; RANDOM_HEX_LEN];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        let nibble = (random >> (4 * (RANDOM_HEX_LEN - 1 - i))) & 0xf;
+        *digit = b"0123456789abcdef"[nibble as usize];
+    }
+    let mut code = Code {
+        len: 0,
+        bytes: [0; MAX_CODE_LEN],
+    };
+    let mut ids = itoa::Buffer::new();
+    let fits = code
+        .push(ids.format(sale_id).as_bytes())
+        .and_then(|()| code.push(b"-"))
+        .and_then(|()| code.push(ids.format(user_id).as_bytes()))
+        .and_then(|()| code.push(b"-"))
+        .and_then(|()| code.push(&hex));
+    assert!(fits.is_some(), "sale and user ids are positive i64s");
+    code
 }
 
 /// The sale and user of a well-formed code, or `None` for anything else.
@@ -196,7 +271,7 @@ mod fuzz {
             // look it up and find nothing), and no two fresh codes collide.
             let code = new_code(sale, 7);
             let at = code.len() - RANDOM_HEX_LEN + pos;
-            let mut bytes = code.clone().into_bytes();
+            let mut bytes = code.as_bytes().to_vec();
             bytes[at] = b"0123456789abcdef"[to as usize];
             let altered = String::from_utf8(bytes).unwrap();
             prop_assert_eq!(parse_code(&altered), Some(CodeIds { sale_id: sale, user_id: 7 }));

@@ -18,6 +18,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use r2d2_postgres::postgres::NoTls;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::sale::code::Code;
 
 pub type PgPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
@@ -77,7 +78,8 @@ pub struct CheckoutRecord {
     pub sale_id: i64,
     pub user_id: i64,
     pub item_id: i64,
-    pub code: Option<String>,
+    /// Inline, so that handing a record over allocates nothing.
+    pub code: Option<Code>,
     /// `sale::CheckoutOutcome::as_str()`.
     pub outcome: &'static str,
     /// Unix milliseconds.

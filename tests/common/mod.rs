@@ -1066,7 +1066,7 @@ fn parse_rfc3339_utc(s: &str) -> Option<i64> {
 
 /// A well-formed code that no one was given.
 pub fn random_code(sale_id: i64) -> String {
-    flashsale::sale::code::new_code(sale_id, 1)
+    flashsale::sale::code::new_code(sale_id, 1).to_string()
 }
 
 /// Whether `code` is a well-formed code of sale `sale_id`.
