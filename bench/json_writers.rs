@@ -102,12 +102,7 @@ impl Fixtures {
                 })
                 .collect(),
         };
-        let csv = |ids: &[i64]| {
-            ids.iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let csv = |ids: &[i64]| ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
         Fixtures {
             code: format!("{SALE}-9f86d081884c7d659a2feaa0c55ad015"),
             first_item: ten_items[0],

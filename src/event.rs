@@ -37,16 +37,22 @@ impl Event {
     /// Sets the flag and wakes every waiter.
     pub fn set(&self) {
         if !self.inner.set.replace(true) {
-            let wakers: Vec<Waker> = self
-                .inner
-                .waiters
-                .borrow_mut()
-                .slots
-                .iter_mut()
-                .filter_map(Option::take)
-                .collect();
-            for waker in wakers {
-                waker.wake();
+            // One waker at a time, each taken out before it is woken: no
+            // list is built (this runs per request), and a waker that runs
+            // code finds the waiters unborrowed.
+            let mut slot = 0;
+            loop {
+                let waker = {
+                    let mut waiters = self.inner.waiters.borrow_mut();
+                    let Some(entry) = waiters.slots.get_mut(slot) else {
+                        break;
+                    };
+                    entry.take()
+                };
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                slot += 1;
             }
         }
     }

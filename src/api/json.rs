@@ -82,7 +82,6 @@ pub fn rfc3339(unix_secs: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,8 @@
 //!
 //! The batch's reply (an array with one reply per call) is not parsed into a
 //! `redis::Value` tree: each caller gets the frame and where its own reply
-//! lies in it (`CallReply`), and reads its fields from the bytes.
+//! lies in it (`CallReply`), and reads its fields from the bytes. Callers
+//! wait in reusable reply slots (`reply_slots`), so a call allocates nothing.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -20,11 +21,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use local_sync::oneshot;
 use redis::Cmd;
 
 use super::RedisClient;
 use super::keys::Keys;
+use super::reply_slots::ReplySlots;
 use super::resp::{self, Frame};
 use super::scripts::{Script, Scripts};
 use crate::error::{Error, ErrorKind, Result};
@@ -78,6 +79,7 @@ struct Inner<C> {
     keys: Arc<Keys>,
     observer: Arc<dyn BatchObserver>,
     queue: RefCell<VecDeque<Queued<C>>>,
+    replies: Rc<ReplySlots<Result<CallReply>>>,
     /// Replicas that must confirm a batch (`WAIT`) before a reply that
     /// `needs_replicas` is answered; 0: no WAIT.
     wait_replicas: u32,
@@ -87,8 +89,8 @@ struct Inner<C> {
     limits: BatchLimits,
 }
 
-/// A queued call: the call, where its reply goes, when it was queued.
-type Queued<C> = (C, oneshot::Sender<Result<CallReply>>, Instant);
+/// A queued call: the call, the reply slot its caller waits on, when it was queued.
+type Queued<C> = (C, usize, Instant);
 
 /// One call's reply: its part of the batch's reply frame.
 pub struct CallReply {
@@ -136,6 +138,7 @@ impl<C: BatchCall> Batcher<C> {
             wait_replicas,
             observer,
             queue: RefCell::new(VecDeque::new()),
+            replies: Rc::new(ReplySlots::default()),
             queued: Event::new(),
             in_flight: Cell::new(0),
             batch_done: Event::new(),
@@ -154,15 +157,14 @@ impl<C: BatchCall> Batcher<C> {
         if !self.inner.redis.can_reach(Keys::sale_slot(call.group())) {
             return Err(Error::new(ErrorKind::RedisUnavailable, "redis is down"));
         }
-        let (tx, rx) = oneshot::channel();
+        let (slot, reply) = self.inner.replies.take();
         self.inner
             .queue
             .borrow_mut()
-            .push_back((call, tx, Instant::now()));
+            .push_back((call, slot, Instant::now()));
         self.inner.queued.set();
-        match monoio::time::timeout(self.inner.limits.timeout, rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(Error::new(ErrorKind::Internal, "batch dropped")),
+        match monoio::time::timeout(self.inner.limits.timeout, reply).await {
+            Ok(reply) => reply,
             Err(_) => Err(Error::new(
                 ErrorKind::RedisUnavailable,
                 "redis call timed out",
@@ -206,8 +208,10 @@ fn take_batch<C: BatchCall>(inner: &Inner<C>) -> Vec<Queued<C>> {
             break;
         }
         let queued = queue.pop_front().expect("front exists");
-        if !queued.1.is_closed() {
+        if inner.replies.is_waiting(queued.1) {
             batch.push(queued);
+        } else {
+            inner.replies.forget(queued.1);
         }
     }
     batch
@@ -261,22 +265,33 @@ async fn run_batch<C: BatchCall>(inner: Rc<Inner<C>>, batch: Vec<Queued<C>>) {
             // confirmed (the script ran: the outcome is stored, a retry
             // replays it).
             let mut unconfirmed = Vec::new();
-            let replies = elements.map(|range| CallReply {
+            let mut replies = elements.map(|range| CallReply {
                 frame: frame.clone(),
                 range,
             });
-            for ((_, tx, _), reply) in batch.into_iter().zip(replies) {
+            for (_, slot, _) in batch {
+                // The reader measured the whole frame, so every element is there.
+                let Some(reply) = replies.next() else {
+                    inner.replies.fill(
+                        slot,
+                        Err(Error::new(
+                            ErrorKind::RedisProtocol,
+                            "unexpected batch reply",
+                        )),
+                    );
+                    continue;
+                };
                 if confirmation.is_some() && C::needs_replicas(&reply) {
-                    unconfirmed.push((tx, reply));
+                    unconfirmed.push((slot, reply));
                 } else {
-                    let _ = tx.send(Ok(reply));
+                    inner.replies.fill(slot, Ok(reply));
                 }
             }
             if let Some(confirmation) = confirmation.filter(|_| !unconfirmed.is_empty()) {
                 let wanted = i64::from(inner.wait_replicas);
                 let confirmed = confirmation.replicas().await.is_ok_and(|n| n >= wanted);
-                for (tx, reply) in unconfirmed {
-                    let _ = tx.send(if confirmed {
+                for (slot, reply) in unconfirmed {
+                    inner.replies.fill(slot, if confirmed {
                         Ok(reply)
                     } else {
                         Err(Error::new(
@@ -292,16 +307,19 @@ async fn run_batch<C: BatchCall>(inner: Rc<Inner<C>>, batch: Vec<Queued<C>>) {
                 script = script.name,
                 "batched script answered the wrong shape"
             );
-            for (_, tx, _) in batch {
-                let _ = tx.send(Err(Error::new(
-                    ErrorKind::RedisProtocol,
-                    "unexpected batch reply",
-                )));
+            for (_, slot, _) in batch {
+                inner.replies.fill(
+                    slot,
+                    Err(Error::new(
+                        ErrorKind::RedisProtocol,
+                        "unexpected batch reply",
+                    )),
+                );
             }
         }
         (Err(e), _) => {
-            for (_, tx, _) in batch {
-                let _ = tx.send(Err(e.shared()));
+            for (_, slot, _) in batch {
+                inner.replies.fill(slot, Err(e.shared()));
             }
         }
     }

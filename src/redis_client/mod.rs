@@ -1,6 +1,7 @@
 //! The per-core Redis client: pipelined connections over monoio's own
-//! TcpStream (the redis crate builds commands and parses replies; its IO is
-//! not used on cores): one to a single node, or one per master of a Redis
+//! TcpStream (the redis crate builds commands and parses the replies other
+//! than the scripts', which are read in place from their frames (`resp`);
+//! its IO is not used on cores): one to a single node, or one per master of a Redis
 //! Cluster, routed by the slot map (`cluster`), following `MOVED` and `ASK`
 //! and retrying `TRYAGAIN` / `CLUSTERDOWN` within the call's deadline. Every
 //! call has a deadline. While a node's connection is down, calls to it fail
@@ -13,6 +14,7 @@ pub mod blocking;
 pub mod cluster;
 pub mod conn;
 pub mod keys;
+pub mod reply_slots;
 pub mod resp;
 pub mod scripts;
 pub mod seeds;
@@ -717,6 +719,13 @@ fn server_frame(frame: Frame) -> Result<Frame> {
         server_reply(parse(&frame)?)?;
     }
     Ok(frame)
+}
+
+/// A code goes into a command as its text, copied from where it lies inline.
+impl redis::ToRedisArgs for crate::sale::code::Code {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg(self.as_bytes());
+    }
 }
 
 /// Turns an error reply into an error.

@@ -40,7 +40,9 @@ impl Code {
 
     fn push(&mut self, part: &[u8]) -> Option<()> {
         let start = usize::from(self.len);
-        let end = start.checked_add(part.len()).filter(|&e| e <= MAX_CODE_LEN)?;
+        let end = start
+            .checked_add(part.len())
+            .filter(|&e| e <= MAX_CODE_LEN)?;
         self.bytes[start..end].copy_from_slice(part);
         self.len = end as u8;
         Some(())
