@@ -1,42 +1,48 @@
 #!lua
 -- purchase.lua: for a batch of purchase calls of one sale, buy every unsold
 -- item of each call's checkout within its user's remaining limit, atomically;
--- record each sale in the outbox stream; store the outcome on the code so
+-- record each sale in the outbox stream; store the outcome under the code so
 -- that a retry replays it. Calls are decided in order, each as if it ran
 -- alone (a batch of one is the idle case). Key layout: checkout.lua.
 -- Redis's clock (TIME) decides whether the sale has ended and is the time
 -- recorded with each sale; a sale closed by close_sale.lua has ended too, so
 -- nothing is appended to its outbox once it is closed.
 --
--- KEYS[1] meta  KEYS[2] sold  KEYS[3] outbox
---   then per call i = 1..N: KEYS[2+2i] the code key ARGV[3] .. code (the code
---   is read from it), KEYS[3+2i] the key ARGV[1] .. user of the user the code
---   names (<sale>-<user>-<random>); a code whose stored user is another one
---   is unknown, so a forged user part buys nothing
--- ARGV[1] user key prefix ({sale:S}:user:)
--- ARGV[2] first item id of the sale minus one (S * stride)
--- ARGV[3] code key prefix ({sale:S}:code:)
--- ARGV[4] '1' when the caller waits for replicas (WAIT) after the batch:
---         a replayed 200 then writes too (it counts the replay on the code),
---         which moves this connection's replication offset past the
+-- A code is `<sale>-<user>-<32 hex>`: it names its user (read here from
+-- the code), whose entry in users holds the open code. A code is known only
+-- when it is its user's open code or has a stored outcome in codes; any
+-- other (a forged random part, another user's id in it) is unknown and buys
+-- nothing.
+--
+-- KEYS[1] meta  KEYS[2] sold  KEYS[3] outbox  KEYS[4] users  KEYS[5] codes
+--   (nothing per call)
+-- ARGV[1] first item id of the sale minus one (S * stride)
+-- ARGV[2] '1' when the caller waits for replicas (WAIT) after the batch:
+--         a replayed 200 then writes too (it writes its stored outcome
+--         again), which moves this connection's replication offset past the
 --         original purchase, so that the WAIT covers it even on a
 --         connection that did not make it
--- ARGV[5] fence: the id of the Redis Cluster node the caller believes owns
+-- ARGV[3] fence: the id of the Redis Cluster node the caller believes owns
 --         the sale's slot ('' on a single node: no fence); when meta's
---         `node` differs, every call answers {'fenced'} and nothing is done
+--         `node` differs (or the sale is being restored: meta `restoring`),
+--         every call answers {'fenced'} and nothing is done
+--   then per call i = 1..N: ARGV[3+i] the code
 --
 -- Returns one reply per call, in order:
---   {'fenced'}                                    the sale's state is fenced (ARGV[5])
+--   {'fenced'}                                    the sale's state is fenced (ARGV[3])
 --   {'unknown'}                                   no such code
---   {'ended', user}                               the sale is over, nothing bought
+--   {'ended', user}                               the sale is over (or of the old
+--                                                 layout, not served), nothing bought
 --   {'done', user, purchased_csv, unavailable_csv, status, sold_total}
 --     status '200' when something was bought, '409' when nothing could be;
 --   {'replay', ...same fields...}                  a retry: the stored outcome, unchanged
 
-local meta = redis.call('HMGET', KEYS[1], 'ends_at', 'limit', 'sold', 'closed', 'node')
-if ARGV[5] ~= '' and meta[5] ~= ARGV[5] then
+local calls = #ARGV - 3
+local meta = redis.call('HMGET', KEYS[1], 'ends_at', 'limit', 'sold', 'closed', 'node',
+  'expire_at', 'restoring')
+if (ARGV[3] ~= '' and meta[5] ~= ARGV[3]) or meta[7] then
   local replies = {}
-  for i = 1, (#KEYS - 3) / 2 do
+  for i = 1, calls do
     replies[i] = {'fenced'}
   end
   return replies
@@ -54,43 +60,50 @@ local function sale_ended()
   end
   return ended
 end
+local old_layout = meta[1] and not meta[6]
 local limit = tonumber(meta[2])
 local sold_total = tonumber(meta[3]) or 0
-local base = tonumber(ARGV[2])
-local code_offset = #ARGV[3] + 1
+local expire_at = meta[6]
+local base = tonumber(ARGV[1])
 local UNKNOWN = {'unknown'}
 
-local user_offset = #ARGV[1] + 1
-
-local function purchase(code_key, user_key)
-  local c = redis.call('HMGET', code_key, 'user', 'status', 'purchased', 'unavailable')
-  if not c[1] or c[1] ~= string.sub(user_key, user_offset) then
+local function purchase(code)
+  local user = string.match(code, '^%d+%-(%d+)%-')
+  if not user then
     return UNKNOWN
   end
-  if c[2] then
-    if c[2] == '200' and ARGV[4] == '1' then
-      redis.call('HINCRBY', code_key, 'replays', 1)
+  if old_layout then
+    return {'ended', user}
+  end
+  -- The stored outcome, and '_' to know that codes (and its expiry) exists.
+  local got = redis.call('HMGET', KEYS[5], code, '_')
+  local stored = got[1]
+  if stored then
+    if ARGV[2] == '1' and string.sub(stored, 1, 4) == '200:' then
+      redis.call('HSET', KEYS[5], code, stored)
     end
-    return {'replay', c[1], c[3], c[4], c[2], tostring(sold_total)}
+    local status, u, p, un = string.match(stored, '^(%d+):(%d+):([^:]*):(.*)$')
+    return {'replay', u, p, un, status, tostring(sold_total)}
+  end
+  local entry = redis.call('HGET', KEYS[4], user)
+  if not entry then
+    return UNKNOWN
+  end
+  local bought, _, open, items = string.match(entry, '^(%d+):(%d+):([^:]*):(.*)$')
+  if open ~= code then
+    return UNKNOWN
   end
   if sale_ended() then
-    return {'ended', c[1]}
+    return {'ended', user}
   end
 
-  local code = string.sub(code_key, code_offset)
-  local u = redis.call('HMGET', user_key, 'bought', 'code', 'items')
-  local remaining = limit - (tonumber(u[1]) or 0)
-  local items = ''
-  if u[2] == code then
-    items = u[3] or ''
-  end
-
+  local remaining = limit - tonumber(bought)
   local purchased, unavailable = {}, {}
   for id in string.gmatch(items, '[^,]+') do
     local bit = tonumber(id) - base - 1
     if remaining > 0 and redis.call('GETBIT', KEYS[2], bit) == 0 then
       redis.call('SETBIT', KEYS[2], bit, 1)
-      redis.call('XADD', KEYS[3], '*', 'item', id, 'user', c[1], 'code', code, 'at', at)
+      redis.call('XADD', KEYS[3], '*', 'item', id, 'user', user, 'code', code, 'at', at)
       purchased[#purchased + 1] = id
       remaining = remaining - 1
     else
@@ -100,7 +113,6 @@ local function purchase(code_key, user_key)
 
   local status = '409'
   if #purchased > 0 then
-    redis.call('HINCRBY', user_key, 'bought', #purchased)
     sold_total = redis.call('HINCRBY', KEYS[1], 'sold', #purchased)
     status = '200'
   end
@@ -108,13 +120,19 @@ local function purchase(code_key, user_key)
   local un = table.concat(unavailable, ',')
   -- The code is spent either way: its outcome is final, and the user's next
   -- checkout opens a new code.
-  redis.call('HDEL', user_key, 'code', 'items')
-  redis.call('HSET', code_key, 'status', status, 'purchased', p, 'unavailable', un)
-  return {'done', c[1], p, un, status, tostring(sold_total)}
+  redis.call('HSET', KEYS[4], user, (tonumber(bought) + #purchased) .. ':0::')
+  local outcome = status .. ':' .. user .. ':' .. p .. ':' .. un
+  if got[2] then
+    redis.call('HSET', KEYS[5], code, outcome)
+  else
+    redis.call('HSET', KEYS[5], code, outcome, '_', expire_at)
+    redis.call('PEXPIREAT', KEYS[5], expire_at)
+  end
+  return {'done', user, p, un, status, tostring(sold_total)}
 end
 
 local replies = {}
-for i = 1, (#KEYS - 3) / 2 do
-  replies[i] = purchase(KEYS[2 + 2 * i], KEYS[3 + 2 * i])
+for i = 1, calls do
+  replies[i] = purchase(ARGV[3 + i])
 end
 return replies

@@ -150,7 +150,6 @@ pub fn serve(config: Config) -> Result<()> {
                 max_output_bytes: config.max_output_bytes_per_conn as usize,
                 write_timeout: config.write_timeout(),
             },
-            retention_ms: config.retention_ms(),
             max_conns: config.max_conns_per_core,
             max_in_flight: config.max_inflight_per_core,
             shutdown_timeout: shutdown.cores,

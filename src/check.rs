@@ -40,7 +40,7 @@ struct Snapshot {
     dead_letter_sample: Vec<String>,
     /// The dead letter's key, for the report.
     dead_letter_key: String,
-    /// user id → `bought` counter in Redis (users whose keys have not expired).
+    /// user id → `bought` counter in Redis (the sale's users hash, until it expires).
     redis_bought: BTreeMap<i64, u64>,
     /// Rows of `double_sales`: (item id, user id, code, recorded user id,
     /// recorded code).
@@ -150,28 +150,24 @@ fn read(redis: &RedisEndpoint, keys: &Keys, database_url: &str, sale_id: i64) ->
     snapshot
         .sold_bits
         .extend(sold_numbers(&bitmap.unwrap_or_default()));
+    // HSCAN of the sale's users hash, on the node that owns the sale's slot;
+    // a value is `<bought>:<items in the checkout>:<code>:<items>`.
     let mut cursor = 0u64;
-    let pattern = format!("{}*", glob_escaped(&keys.user_prefix(sale_id)));
-    // SCAN walks one node: on a cluster, the master that owns the sale's slot.
-    let sale_key = keys.meta(sale_id);
+    let users = keys.users(sale_id);
     loop {
-        let (next, found): (u64, Vec<String>) = redis.query_at(
-            &sale_key,
-            redis::cmd("SCAN")
+        let (next, found): (u64, Vec<(String, String)>) = redis.query_at(
+            &users,
+            redis::cmd("HSCAN")
+                .arg(&users)
                 .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
                 .arg("COUNT")
                 .arg(1000),
         )?;
-        for key in found {
-            let Some(user) = key.rsplit(':').next().and_then(|u| u.parse::<i64>().ok()) else {
-                continue;
+        for (field, value) in found {
+            let Ok(user) = field.parse::<i64>() else {
+                continue; // '_', which keeps the hash and its expiry
             };
-            let bought: Option<u64> = redis::cmd("HGET")
-                .arg(&key)
-                .arg("bought")
-                .query(&mut redis)?;
+            let bought = value.split(':').next().and_then(|b| b.parse::<u64>().ok());
             snapshot.redis_bought.insert(user, bought.unwrap_or(0));
         }
         if next == 0 {
@@ -237,19 +233,6 @@ fn postgres_address(config: &postgres::Config) -> String {
 }
 
 /// Every way the snapshot breaks an invariant, one line each.
-/// `text` as a SCAN MATCH pattern that matches only itself (a key prefix
-/// may hold glob characters).
-fn glob_escaped(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn differences(sale_id: i64, s: &Snapshot) -> Vec<String> {
     let mut out = Vec::new();
     let (items, limit) = match (s.pg_sale, s.redis_meta) {

@@ -99,8 +99,6 @@ pub struct Recorded {
 #[derive(Debug, PartialEq, Eq)]
 pub struct CodePurchase {
     pub code: String,
-    /// Its buyer, as an index into `Recorded::user_counts`.
-    pub user_index: usize,
     pub user_id: i64,
     /// The item ids it bought, ascending, comma-separated.
     pub items: String,
@@ -127,17 +125,13 @@ impl Recorded {
         let user_counts: Vec<(i64, u32)> = per_user.into_iter().collect();
         let codes = per_code
             .into_iter()
-            .filter_map(|(code, (user_id, mut items))| {
+            .map(|(code, (user_id, mut items))| {
                 items.sort_unstable();
-                let user_index = user_counts
-                    .binary_search_by_key(&user_id, |&(u, _)| u)
-                    .ok()?;
-                Some(CodePurchase {
+                CodePurchase {
                     code: code.to_string(),
-                    user_index,
                     user_id,
                     items: csv(&items),
-                })
+                }
             })
             .collect();
         Recorded {
@@ -145,10 +139,6 @@ impl Recorded {
             user_counts,
             codes,
         }
-    }
-
-    fn numbers_csv(&self) -> String {
-        csv(&self.numbers)
     }
 }
 
@@ -204,8 +194,52 @@ pub enum Outcome {
     Ended,
 }
 
+/// Most entries (sold item numbers, users, codes) one init_sale.lua call
+/// carries: a sale whose records are larger goes in several parts, each one
+/// atomic step of bounded size (Redis runs nothing else on the shard while a
+/// script runs), the sale served only once the last one ran.
+pub const PART_ENTRIES: usize = 4_096;
+
+/// One part of what Postgres recorded: ranges of `Recorded`'s lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Part {
+    numbers: std::ops::Range<usize>,
+    users: std::ops::Range<usize>,
+    codes: std::ops::Range<usize>,
+}
+
+impl Recorded {
+    /// The parts of at most `size` entries each, in order; at least one
+    /// (empty when nothing is recorded).
+    fn parts(&self, size: usize) -> Vec<Part> {
+        let lens = [self.numbers.len(), self.user_counts.len(), self.codes.len()];
+        let mut parts = Vec::new();
+        let mut at = [0usize; 3];
+        loop {
+            let mut room = size;
+            let mut ranges = [0..0, 0..0, 0..0];
+            for k in 0..3 {
+                let take = room.min(lens[k] - at[k]);
+                ranges[k] = at[k]..at[k] + take;
+                at[k] += take;
+                room -= take;
+            }
+            let [numbers, users, codes] = ranges;
+            parts.push(Part {
+                numbers,
+                users,
+                codes,
+            });
+            if at == lens {
+                return parts;
+            }
+        }
+    }
+}
+
 /// Runs lua/init_sale.lua (`script`) for `sale` with what Postgres recorded,
-/// on the node that owns the sale's keys.
+/// on the node that owns the sale's keys, in parts of at most
+/// `PART_ENTRIES` entries (the last part creates or reconciles).
 pub fn init_sale(
     con: &mut dyn redis::ConnectionLike,
     script: &Script,
@@ -215,48 +249,92 @@ pub fn init_sale(
     recorded: &Recorded,
     step: Step,
 ) -> Result<Outcome> {
-    let mut script_keys = vec![keys.meta(sale.id), keys.sold(sale.id)];
-    for &(user, _) in &recorded.user_counts {
-        script_keys.push(keys.user(sale.id, user));
-    }
-    for code in &recorded.codes {
-        script_keys.push(keys.code(sale.id, &code.code));
-    }
-    let numbers = recorded.numbers_csv();
-    let (outcome, restored, node): (String, u64, String) =
-        eval(con, script, &script_keys, |cmd| {
-            cmd.arg(sale.id)
-                .arg(sale.starts_at)
-                .arg(sale.ends_at)
-                .arg(sale.items)
-                .arg(sale.user_limit)
-                .arg(sale.ends_at * 1000 + retention_ms)
-                .arg(&numbers)
-                .arg(match step {
-                    Step::Create => "create",
-                    Step::Reconcile => "reconcile",
-                })
-                .arg(recorded.user_counts.len());
-            for &(_, count) in &recorded.user_counts {
-                cmd.arg(count);
+    init_sale_in_parts(
+        con,
+        script,
+        keys,
+        sale,
+        retention_ms,
+        recorded,
+        step,
+        PART_ENTRIES,
+    )
+}
+
+/// `init_sale` with parts of at most `part_entries` entries.
+#[allow(clippy::too_many_arguments)]
+pub fn init_sale_in_parts(
+    con: &mut dyn redis::ConnectionLike,
+    script: &Script,
+    keys: &Keys,
+    sale: &SaleInfo,
+    retention_ms: i64,
+    recorded: &Recorded,
+    step: Step,
+    part_entries: usize,
+) -> Result<Outcome> {
+    let script_keys = [
+        keys.meta(sale.id),
+        keys.sold(sale.id),
+        keys.users(sale.id),
+        keys.codes(sale.id),
+    ];
+    let parts = recorded.parts(part_entries.max(1));
+    let mut restored_total = 0;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let verb = match (step, last) {
+            (Step::Create, true) => "create",
+            (Step::Create, false) => "create-part",
+            (Step::Reconcile, true) => "reconcile",
+            (Step::Reconcile, false) => "reconcile-part",
+        };
+        let numbers = csv(&recorded.numbers[part.numbers.clone()]);
+        let users = &recorded.user_counts[part.users.clone()];
+        let (outcome, restored, node): (String, u64, String) =
+            eval(con, script, &script_keys, |cmd| {
+                cmd.arg(sale.id)
+                    .arg(sale.starts_at)
+                    .arg(sale.ends_at)
+                    .arg(sale.items)
+                    .arg(sale.user_limit)
+                    .arg(sale.ends_at * 1000 + retention_ms)
+                    .arg(verb)
+                    .arg(&numbers)
+                    .arg(users.len());
+                for &(user, count) in users {
+                    cmd.arg(user).arg(count);
+                }
+                for code in &recorded.codes[part.codes.clone()] {
+                    cmd.arg(code.user_id).arg(&code.code).arg(&code.items);
+                }
+            })?;
+        restored_total += restored;
+        match outcome.as_str() {
+            "restored" if !last => {}
+            "created" if last => {
+                return Ok(Outcome::Created {
+                    restored: restored_total,
+                    node,
+                });
             }
-            for code in &recorded.codes {
-                cmd.arg(code.user_index + 1)
-                    .arg(code.user_id)
-                    .arg(&code.code)
-                    .arg(&code.items);
+            "reconciled" if last => {
+                return Ok(Outcome::Reconciled {
+                    restored: restored_total,
+                    node,
+                });
             }
-        })?;
-    match outcome.as_str() {
-        "created" => Ok(Outcome::Created { restored, node }),
-        "exists" => Ok(Outcome::Exists),
-        "reconciled" => Ok(Outcome::Reconciled { restored, node }),
-        "ended" => Ok(Outcome::Ended),
-        other => Err(Error::new(
-            ErrorKind::Internal,
-            format!("init_sale.lua answered {other:?}"),
-        )),
+            "exists" => return Ok(Outcome::Exists),
+            "ended" => return Ok(Outcome::Ended),
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!("init_sale.lua answered {other:?} to {verb}"),
+                ));
+            }
+        }
     }
+    unreachable!("parts() yields at least one part")
 }
 
 #[cfg(test)]
@@ -292,24 +370,52 @@ mod tests {
         ];
         let recorded = Recorded::from_purchases(&sale(), &purchases);
         assert_eq!(recorded.numbers, [1, 2, 4, 10]);
-        assert_eq!(recorded.numbers_csv(), "1,2,4,10");
+        assert_eq!(csv(&recorded.numbers), "1,2,4,10");
         assert_eq!(recorded.user_counts, [(7, 3), (9, 1)]);
-        let codes: Vec<(&str, usize, i64, &str)> = recorded
+        let codes: Vec<(&str, i64, &str)> = recorded
             .codes
             .iter()
-            .map(|c| (c.code.as_str(), c.user_index, c.user_id, c.items.as_str()))
+            .map(|c| (c.code.as_str(), c.user_id, c.items.as_str()))
             .collect();
         assert_eq!(
             codes,
             [
-                ("c7a", 0, 7, "3000001,3000002"),
-                ("c7b", 0, 7, "3000004"),
-                ("c9", 1, 9, "3000010"),
+                ("c7a", 7, "3000001,3000002"),
+                ("c7b", 7, "3000004"),
+                ("c9", 9, "3000010"),
             ]
         );
         let none = Recorded::from_purchases(&sale(), &[]);
-        assert_eq!(none.numbers_csv(), "");
         assert!(none.user_counts.is_empty() && none.codes.is_empty());
+    }
+
+    #[test]
+    fn parts_carry_every_entry_once_in_order_and_at_most_their_size() {
+        let purchases: Vec<RecordedPurchase> = (1..=10)
+            .map(|n| bought(3_000_000 + n, n, &format!("c{n}")))
+            .collect();
+        let recorded = Recorded::from_purchases(&sale(), &purchases);
+        // 10 numbers, 10 users, 10 codes: 30 entries.
+        for size in [1, 4, 7, 30, 100] {
+            let parts = recorded.parts(size);
+            assert_eq!(parts.len(), 30usize.div_ceil(size), "size {size}");
+            let mut next = [0usize; 3];
+            for part in &parts {
+                let ranges = [&part.numbers, &part.users, &part.codes];
+                assert!(ranges.iter().map(|r| r.len()).sum::<usize>() <= size);
+                for k in 0..3 {
+                    assert_eq!(ranges[k].start, next[k], "size {size}");
+                    next[k] = ranges[k].end;
+                }
+            }
+            assert_eq!(next, [10, 10, 10], "size {size}");
+        }
+        let none = Recorded::from_purchases(&sale(), &[]);
+        assert_eq!(
+            none.parts(5).len(),
+            1,
+            "an empty record is one (empty) part"
+        );
     }
 
     #[test]

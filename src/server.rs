@@ -53,7 +53,6 @@ pub struct CoreSetup {
     /// Where a core asks for a fenced sale to be reconciled.
     pub reconcile_requests: Arc<ReconcileRequests>,
     pub limits: Limits,
-    pub retention_ms: i64,
     pub max_conns: usize,
     pub max_in_flight: usize,
     pub shutdown_timeout: Duration,
@@ -221,7 +220,6 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
         postgres: setup.postgres.clone(),
         reconcile_requests: setup.reconcile_requests.clone(),
         metrics: metrics.clone(),
-        retention_ms: setup.retention_ms,
         max_in_flight: setup.max_in_flight,
         redis_batching: setup.redis_batching,
     }));

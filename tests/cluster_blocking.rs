@@ -179,10 +179,10 @@ fn check_reads_a_sale_on_the_cluster() {
             .arg(1)
             .query(&mut con)
             .unwrap();
-        let _: i64 = redis::cmd("HINCRBY")
-            .arg(keys.user(sale, user))
-            .arg("bought")
-            .arg(1)
+        let _: i64 = redis::cmd("HSET")
+            .arg(keys.users(sale))
+            .arg(user)
+            .arg("1:0::")
             .query(&mut con)
             .unwrap();
         let _: String = redis::cmd("XADD")
@@ -218,11 +218,11 @@ fn check_reads_a_sale_on_the_cluster() {
     assert!(out.contains("2 sold in redis, 2 purchase rows"), "{out}");
 
     // A count in Redis that no purchase backs: the checker finds the user
-    // key on the sale's master.
+    // in the sale's users hash on the sale's master.
     let _: i64 = redis::cmd("HSET")
-        .arg(keys.user(sale, 99))
-        .arg("bought")
-        .arg(1)
+        .arg(keys.users(sale))
+        .arg(99)
+        .arg("1:0::")
         .query(&mut con)
         .unwrap();
     let (status, out) = check(&prefix, &s.database_url(), sale);

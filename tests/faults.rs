@@ -485,11 +485,12 @@ fn assert_purchases_recorded(rig: &Rig, sale_id: i64, items: u32, limit: usize, 
             *n <= limit as i64,
             "user {user} has {n} purchases in Postgres, limit {limit}"
         );
-        let bought: Option<i64> = redis::cmd("HGET")
-            .arg(keys::user(sale_id, *user))
-            .arg("bought")
+        let entry: Option<String> = redis::cmd("HGET")
+            .arg(keys::users(sale_id))
+            .arg(*user)
             .query(&mut redis)
-            .expect("HGET bought");
+            .expect("HGET users");
+        let bought = keys::bought(entry.as_deref());
         assert_eq!(
             bought,
             Some(*n),
@@ -1502,10 +1503,10 @@ fn graceful_stop_under_load(sig: i32) {
     // are finished and answered, only unread ones are dropped.
     for code in &out.unknown {
         let status: Option<String> = redis::cmd("HGET")
-            .arg(keys::code(sale.id, code))
-            .arg("status")
+            .arg(keys::codes(sale.id))
+            .arg(code)
             .query(&mut redis)
-            .expect("HGET code status");
+            .expect("HGET codes");
         assert_eq!(
             status, None,
             "purchase {code} was processed (status {status:?}) but its answer never came"

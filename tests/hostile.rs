@@ -1013,6 +1013,9 @@ fn guessed_or_altered_codes_buy_nothing() {
     let code = r.str("code");
     assert!(code_is_well_formed(&code, sale.id), "{code}");
     let hex = code[code.len() - 32..].to_string();
+    // A neighbour with an open checkout of their own: the victim's random
+    // part under their id is not their code either.
+    s.checkout(victim + 1, sale.item(8)).assert_status(200);
 
     let mut attempts: Vec<String> = Vec::new();
     // Every single hex digit altered, one at a time.
@@ -1056,8 +1059,9 @@ fn guessed_or_altered_codes_buy_nothing() {
 
     // Nothing was bought: not in Redis, not in Postgres, not in the listing.
     assert!(!item_sold(&s, sale.id, 7), "the victim's item was sold");
+    assert!(!item_sold(&s, sale.id, 8), "the neighbour's item was sold");
     assert_eq!(s.active_sale().items_sold, 0);
-    s.wait_pg_i64("SELECT count(*) FROM checkouts", &[], 1);
+    s.wait_pg_i64("SELECT count(*) FROM checkouts", &[], 2);
     assert_eq!(s.pg_i64("SELECT count(*) FROM purchases", &[]), 0);
 
     // The victim's code still works, for the victim, once.

@@ -75,7 +75,7 @@ fn two_prefixes_on_one_redis_database_share_nothing() {
         for key in [
             format!("{prefix}{{sale:{}}}:meta", sa.id),
             format!("{prefix}{{sale:{}}}:sold", sa.id),
-            format!("{prefix}{{sale:{}}}:user:7", sa.id),
+            format!("{prefix}{{sale:{}}}:users", sa.id),
             format!("{prefix}{{flashsale}}:sales"),
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");

@@ -12,6 +12,7 @@ mod common;
 use std::time::Duration;
 
 use flashsale::redis_client::keys::Keys;
+use flashsale::sale::code::new_code;
 use simd_json::prelude::*;
 
 use common::*;
@@ -61,9 +62,14 @@ fn the_gap_check_puts_back_what_redis_lost_and_postgres_recorded() {
             .query(&mut redis)
             .unwrap();
     }
-    let _: i64 = redis::cmd("DEL")
-        .arg(keys::user(sale.id, user))
-        .arg(keys::code(sale.id, &code))
+    let _: i64 = redis::cmd("HDEL")
+        .arg(keys::users(sale.id))
+        .arg(user)
+        .query(&mut redis)
+        .unwrap();
+    let _: i64 = redis::cmd("HDEL")
+        .arg(keys::codes(sale.id))
+        .arg(&code)
         .query(&mut redis)
         .unwrap();
     let _: i64 = redis::cmd("HSET")
@@ -78,12 +84,12 @@ fn the_gap_check_puts_back_what_redis_lost_and_postgres_recorded() {
         "the gap check to set the 3 sold bits again, restore the user's count and the sold counter",
         || {
             let bits = redis_i64(&mut redis, redis::cmd("BITCOUNT").arg(keys::sold(sale.id)));
-            let bought = redis_i64(
-                &mut redis,
-                redis::cmd("HGET")
-                    .arg(keys::user(sale.id, user))
-                    .arg("bought"),
-            );
+            let entry: Option<String> = redis::cmd("HGET")
+                .arg(keys::users(sale.id))
+                .arg(user)
+                .query(&mut redis)
+                .expect("HGET users");
+            let bought = keys::bought(entry.as_deref()).unwrap_or(0);
             let sold = redis_i64(
                 &mut redis,
                 redis::cmd("HGET").arg(keys::meta(sale.id)).arg("sold"),
@@ -198,72 +204,105 @@ impl ClusterSale {
         }
     }
 
-    /// init_sale.lua: `step` with Postgres's sold csv and (user, count)s.
-    fn init_sale(&mut self, step: &str, sold: &str, users: &[(i64, u32)]) -> redis::Value {
+    /// init_sale.lua: `step` with Postgres's sold csv, (user, count)s and
+    /// (user, code, items csv)s.
+    fn init_sale_with(
+        &mut self,
+        step: &str,
+        sold: &str,
+        users: &[(i64, u32)],
+        codes: &[(i64, &str, &str)],
+    ) -> redis::Value {
         let now = now_secs();
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(INIT_SALE)
-            .arg(2 + users.len())
+            .arg(4)
             .arg(self.keys.meta(self.id))
-            .arg(self.keys.sold(self.id));
-        for (user, _) in users {
-            cmd.arg(self.keys.user(self.id, *user));
-        }
+            .arg(self.keys.sold(self.id))
+            .arg(self.keys.users(self.id))
+            .arg(self.keys.codes(self.id));
         cmd.arg(self.id)
             .arg(now - 10)
             .arg(now + 600)
             .arg(10)
             .arg(3)
             .arg((now + 900) * 1000)
-            .arg(sold)
             .arg(step)
+            .arg(sold)
             .arg(users.len());
-        for (_, count) in users {
-            cmd.arg(count);
+        for (user, count) in users {
+            cmd.arg(user).arg(count);
+        }
+        for (user, code, items) in codes {
+            cmd.arg(user).arg(code).arg(items);
         }
         cmd.query(&mut self.redis).expect("init_sale.lua")
     }
 
-    /// checkout.lua for one call (user, item number) sent with `fence`.
-    fn checkout(&mut self, fence: &str, user: i64, n: u32) -> String {
-        let code = random_code(self.id);
-        let replies: Vec<Vec<String>> = redis::cmd("EVAL")
-            .arg(CHECKOUT)
-            .arg(4)
-            .arg(self.keys.meta(self.id))
-            .arg(self.keys.sold(self.id))
-            .arg(self.keys.user(self.id, user))
-            .arg(self.keys.code(self.id, &code))
-            .arg((now_secs() + 900) * 1000)
-            .arg(self.id * flashsale::sale::ITEM_ID_STRIDE)
-            .arg(self.keys.user_prefix(self.id))
-            .arg(self.keys.code_prefix(self.id))
-            .arg(fence)
-            .arg(n)
-            .query(&mut self.redis)
-            .expect("checkout.lua");
-        replies[0][0].clone()
+    /// init_sale.lua: `step` with Postgres's sold csv and (user, count)s.
+    fn init_sale(&mut self, step: &str, sold: &str, users: &[(i64, u32)]) -> redis::Value {
+        self.init_sale_with(step, sold, users, &[])
     }
 
-    /// purchase.lua for one (unknown) code sent with `fence`: its outcome.
-    fn purchase(&mut self, fence: &str, user: i64) -> String {
-        let code = random_code(self.id);
+    /// checkout.lua for one call (user, item number) sent with `fence`:
+    /// its outcome and code.
+    fn checkout_code(&mut self, fence: &str, user: i64, n: u32) -> (String, String) {
+        let code = new_code(self.id, user);
+        let replies: Vec<Vec<String>> = redis::cmd("EVAL")
+            .arg(CHECKOUT)
+            .arg(3)
+            .arg(self.keys.meta(self.id))
+            .arg(self.keys.sold(self.id))
+            .arg(self.keys.users(self.id))
+            .arg(self.id * flashsale::sale::ITEM_ID_STRIDE)
+            .arg(fence)
+            .arg(user)
+            .arg(n)
+            .arg(&code)
+            .query(&mut self.redis)
+            .expect("checkout.lua");
+        (replies[0][0].clone(), replies[0][1].clone())
+    }
+
+    /// checkout.lua for one call (user, item number) sent with `fence`.
+    fn checkout(&mut self, fence: &str, user: i64, n: u32) -> String {
+        self.checkout_code(fence, user, n).0
+    }
+
+    /// purchase.lua for `code` sent with `fence`: its reply.
+    fn purchase_code(&mut self, fence: &str, code: &str) -> Vec<String> {
         let replies: Vec<Vec<String>> = redis::cmd("EVAL")
             .arg(PURCHASE)
             .arg(5)
             .arg(self.keys.meta(self.id))
             .arg(self.keys.sold(self.id))
             .arg(self.keys.outbox(self.id))
-            .arg(self.keys.code(self.id, &code))
-            .arg(self.keys.user(self.id, user))
-            .arg(self.keys.user_prefix(self.id))
+            .arg(self.keys.users(self.id))
+            .arg(self.keys.codes(self.id))
             .arg(self.id * flashsale::sale::ITEM_ID_STRIDE)
-            .arg(self.keys.code_prefix(self.id))
             .arg("0")
             .arg(fence)
+            .arg(code)
             .query(&mut self.redis)
             .expect("purchase.lua");
-        replies[0][0].clone()
+        replies[0].clone()
+    }
+
+    /// purchase.lua for one (unknown) code of `user` sent with `fence`: its
+    /// outcome.
+    fn purchase(&mut self, fence: &str, user: i64) -> String {
+        let code = new_code(self.id, user);
+        self.purchase_code(fence, &code)[0].clone()
+    }
+
+    /// The `bought` count of `user` in the users hash.
+    fn bought(&mut self, user: i64) -> Option<i64> {
+        let users = self.keys.users(self.id);
+        keys::bought(self.hget(&users, &user.to_string()).as_deref())
+    }
+
+    fn pttl(&mut self, key: &str) -> i64 {
+        redis::cmd("PTTL").arg(key).query(&mut self.redis).unwrap()
     }
 
     fn hget(&mut self, key: &str, field: &str) -> Option<String> {
@@ -329,9 +368,9 @@ fn a_fenced_sale_sells_nothing_until_a_reconcile_restores_postgres_and_stamps_th
         .query(&mut sale.redis)
         .unwrap();
     let _: i64 = redis::cmd("HSET")
-        .arg(sale.keys.user(sale.id, 8))
-        .arg("bought")
-        .arg(2)
+        .arg(sale.keys.users(sale.id))
+        .arg(8)
+        .arg("2:0::")
         .query(&mut sale.redis)
         .unwrap();
     assert_eq!(sale.checkout(&node, 9, 2), "fenced");
@@ -350,19 +389,14 @@ fn a_fenced_sale_sells_nothing_until_a_reconcile_restores_postgres_and_stamps_th
     );
     assert_eq!(sale.hget(&meta, "node").as_deref(), Some(node.as_str()));
     assert_eq!(sale.hget(&meta, "sold").as_deref(), Some("2"));
-    let user7 = sale.keys.user(sale.id, 7);
-    let user8 = sale.keys.user(sale.id, 8);
-    assert_eq!(sale.hget(&user7, "bought").as_deref(), Some("1"));
-    assert_eq!(
-        sale.hget(&user8, "bought").as_deref(),
-        Some("2"),
-        "Redis's newer count is kept"
-    );
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&user7)
-        .query(&mut sale.redis)
-        .unwrap();
-    assert!(ttl > 0, "a restored user key expires with the sale: {ttl}");
+    assert_eq!(sale.bought(7), Some(1));
+    assert_eq!(sale.bought(8), Some(2), "Redis's newer count is kept");
+    let users = sale.keys.users(sale.id);
+    let codes = sale.keys.codes(sale.id);
+    for key in [&users, &codes] {
+        let ttl = sale.pttl(key);
+        assert!(ttl > 0, "{key} expires with the sale: {ttl}");
+    }
     // Restored items are sold; the rest sells again on the stamped node.
     assert_eq!(sale.checkout(&node, 9, 2), "sold");
     assert_eq!(sale.checkout(&node, 9, 5), "ok");
@@ -373,4 +407,111 @@ fn a_fenced_sale_sells_nothing_until_a_reconcile_restores_postgres_and_stamps_th
         panic!("{again:?}")
     };
     assert_eq!(fields[1], redis::Value::Int(0));
+}
+
+#[test]
+fn a_reconcile_in_parts_keeps_the_sale_fenced_until_its_last_part() {
+    let mut sale = ClusterSale::new();
+    sale.init_sale("create", "", &[]);
+    let code = random_code(sale.id);
+    let part = sale.init_sale_with("reconcile-part", "2", &[(7, 1)], &[(7, &code, "x")]);
+    let redis::Value::Array(fields) = part else {
+        panic!("{part:?}")
+    };
+    assert_eq!(fields[0], redis::Value::BulkString(b"restored".to_vec()));
+    assert_eq!(fields[1], redis::Value::Int(1));
+    // Between the parts nothing sells, not even on a single node (no fence
+    // sent): user 7's count may still lack what a later part restores.
+    assert_eq!(sale.checkout("", 9, 4), "fenced");
+    assert_eq!(sale.purchase("", 9), "fenced");
+    // The first part is applied already: item 2 sold, user 7 counted, the
+    // code's outcome stored.
+    assert_eq!(sale.bought(7), Some(1));
+    let codes = sale.keys.codes(sale.id);
+    assert_eq!(sale.hget(&codes, &code).as_deref(), Some("200:7:x:"));
+    sale.init_sale("reconcile", "3", &[(8, 2)]);
+    assert_eq!(sale.bought(8), Some(2));
+    assert_eq!(sale.checkout("", 9, 2), "sold");
+    assert_eq!(sale.checkout("", 9, 3), "sold");
+    assert_eq!(sale.checkout("", 9, 4), "ok");
+    let meta = sale.keys.meta(sale.id);
+    assert_eq!(sale.hget(&meta, "sold").as_deref(), Some("2"));
+    assert_eq!(sale.hget(&meta, "restoring"), None);
+}
+
+#[test]
+fn a_sale_restored_in_parts_is_served_only_once_its_last_part_created_it() {
+    let mut sale = ClusterSale::new();
+    let part = sale.init_sale_with("create-part", "1,2", &[(7, 3)], &[]);
+    let redis::Value::Array(fields) = part else {
+        panic!("{part:?}")
+    };
+    assert_eq!(fields[0], redis::Value::BulkString(b"restored".to_vec()));
+    assert_eq!(
+        sale.checkout("", 9, 4),
+        "no_sale",
+        "no meta yet: not served"
+    );
+    let users = sale.keys.users(sale.id);
+    assert!(
+        sale.pttl(&users) > 0,
+        "a part leaves no hash without expiry"
+    );
+    sale.init_sale("create", "3", &[]);
+    assert_eq!(sale.checkout("", 9, 3), "sold");
+    assert_eq!(sale.checkout("", 7, 4), "limit", "3 bought, limit 3");
+    let meta = sale.keys.meta(sale.id);
+    assert_eq!(sale.hget(&meta, "sold").as_deref(), Some("3"));
+    // A part of a sale that exists does nothing: another instance created it.
+    let late = sale.init_sale_with("create-part", "5", &[(7, 9)], &[]);
+    let redis::Value::Array(fields) = late else {
+        panic!("{late:?}")
+    };
+    assert_eq!(fields[0], redis::Value::BulkString(b"exists".to_vec()));
+    assert_eq!(sale.bought(7), Some(3));
+}
+
+#[test]
+fn a_lost_users_or_codes_hash_comes_back_with_its_expiry() {
+    let mut sale = ClusterSale::new();
+    sale.init_sale("create", "", &[]);
+    let users = sale.keys.users(sale.id);
+    let codes = sale.keys.codes(sale.id);
+    let expiry = sale.pttl(&users);
+    assert!(
+        expiry > 0,
+        "created with the sale, with its expiry: {expiry}"
+    );
+    assert!(sale.pttl(&codes) > 0);
+    // Lost (evicted, deleted): the next checkout and purchase write them
+    // back with the expiry, never without one.
+    let _: i64 = redis::cmd("DEL")
+        .arg(&users)
+        .arg(&codes)
+        .query(&mut sale.redis)
+        .unwrap();
+    let (outcome, code) = sale.checkout_code("", 7, 1);
+    assert_eq!(outcome, "ok");
+    assert!(sale.pttl(&users) > 0, "users written back with its expiry");
+    let bought = sale.purchase_code("", &code);
+    assert_eq!(bought[0], "done", "{bought:?}");
+    assert!(sale.pttl(&codes) > 0, "codes written back with its expiry");
+}
+
+#[test]
+fn a_sale_of_the_old_layout_is_not_served() {
+    // A sale created by a server of the layout before the users and codes
+    // hashes: its meta has no expire_at, its users live in keys of their own
+    // that the scripts no longer read.
+    let mut sale = ClusterSale::new();
+    sale.init_sale("create", "", &[]);
+    let meta = sale.keys.meta(sale.id);
+    let _: i64 = redis::cmd("HDEL")
+        .arg(&meta)
+        .arg("expire_at")
+        .query(&mut sale.redis)
+        .unwrap();
+    assert_eq!(sale.checkout("", 7, 1), "no_sale");
+    let code = new_code(sale.id, 7);
+    assert_eq!(sale.purchase_code("", &code), ["ended", "7"]);
 }

@@ -19,15 +19,14 @@ use crate::store::{CheckoutRecord, Record};
 /// of the script.
 pub(super) struct CheckoutCall {
     sale_id: i64,
-    expire_at_ms: i64,
     user_id: i64,
     item_number: u32,
     fresh_code: Code,
 }
 
 impl BatchCall for CheckoutCall {
-    const KEYS_PER_CALL: usize = 2;
-    const SHARED_KEYS: usize = 2;
+    const KEYS_PER_CALL: usize = 0;
+    const SHARED_KEYS: usize = 3;
 
     fn script(scripts: &Scripts) -> &Script {
         &scripts.checkout
@@ -39,24 +38,20 @@ impl BatchCall for CheckoutCall {
 
     fn shared_keys(&self, keys: &Keys, cmd: &mut redis::Cmd) {
         cmd.arg(keys.meta(self.sale_id))
-            .arg(keys.sold(self.sale_id));
+            .arg(keys.sold(self.sale_id))
+            .arg(keys.users(self.sale_id));
     }
 
-    fn shared_args(&self, keys: &Keys, fence: &str, cmd: &mut redis::Cmd) {
-        cmd.arg(self.expire_at_ms)
-            .arg(self.sale_id * ITEM_ID_STRIDE)
-            .arg(keys.user_prefix(self.sale_id))
-            .arg(keys.code_prefix(self.sale_id))
-            .arg(fence);
+    fn shared_args(&self, _keys: &Keys, fence: &str, cmd: &mut redis::Cmd) {
+        cmd.arg(self.sale_id * ITEM_ID_STRIDE).arg(fence);
     }
 
-    fn keys(&self, keys: &Keys, cmd: &mut redis::Cmd) {
-        cmd.arg(keys.user(self.sale_id, self.user_id))
-            .arg(keys.code(self.sale_id, &self.fresh_code));
-    }
+    fn keys(&self, _keys: &Keys, _cmd: &mut redis::Cmd) {}
 
     fn args(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(self.item_number);
+        cmd.arg(self.user_id)
+            .arg(self.item_number)
+            .arg(&self.fresh_code);
     }
 }
 
@@ -108,7 +103,6 @@ impl Api {
             self.checkouts
                 .call(CheckoutCall {
                     sale_id: sale.id,
-                    expire_at_ms: sale.ends_at * 1000 + self.deps.retention_ms,
                     user_id,
                     item_number: n,
                     fresh_code: new_code(sale.id, user_id),

@@ -52,8 +52,6 @@ pub struct ApiDeps {
     /// Where a fenced sale is asked to be reconciled (the rotator runs it).
     pub reconcile_requests: Arc<ReconcileRequests>,
     pub metrics: Arc<CoreMetrics>,
-    /// How long Redis keeps a sale's users and codes after it ends (ms).
-    pub retention_ms: i64,
     pub max_in_flight: usize,
     pub redis_batching: BatchLimits,
 }

@@ -12,7 +12,7 @@ use crate::redis_client::batch::{BatchCall, CallReply};
 use crate::redis_client::keys::Keys;
 use crate::redis_client::scripts::{Script, Scripts};
 use crate::sale::ITEM_ID_STRIDE;
-use crate::sale::code::{CodeIds, parse_code};
+use crate::sale::code::{Code, CodeIds, parse_code};
 
 /// One purchase for purchase.lua; the layout of KEYS and ARGV is at the top
 /// of the script.
@@ -20,18 +20,18 @@ pub(super) struct PurchaseCall {
     sale_id: i64,
     /// `sale_id * ITEM_ID_STRIDE`: item number n is item id `first_item + n`.
     first_item: i64,
-    code_key: String,
-    /// The key of the user the code names; the script answers `unknown`
-    /// when the code belongs to someone else.
-    user_key: String,
+    /// The code, which names its user: the script reads the user's entry
+    /// and answers `unknown` when it is not that user's open code (nor a
+    /// purchased one).
+    code: Code,
     /// Whether a replayed `200` makes a write of its own, so that the WAIT
     /// behind the batch covers the original purchase (see purchase.lua).
     confirm_replays: bool,
 }
 
 impl BatchCall for PurchaseCall {
-    const KEYS_PER_CALL: usize = 2;
-    const SHARED_KEYS: usize = 3;
+    const KEYS_PER_CALL: usize = 0;
+    const SHARED_KEYS: usize = 5;
 
     fn script(scripts: &Scripts) -> &Script {
         &scripts.purchase
@@ -44,22 +44,22 @@ impl BatchCall for PurchaseCall {
     fn shared_keys(&self, keys: &Keys, cmd: &mut redis::Cmd) {
         cmd.arg(keys.meta(self.sale_id))
             .arg(keys.sold(self.sale_id))
-            .arg(keys.outbox(self.sale_id));
+            .arg(keys.outbox(self.sale_id))
+            .arg(keys.users(self.sale_id))
+            .arg(keys.codes(self.sale_id));
     }
 
-    fn shared_args(&self, keys: &Keys, fence: &str, cmd: &mut redis::Cmd) {
-        cmd.arg(keys.user_prefix(self.sale_id))
-            .arg(self.first_item)
-            .arg(keys.code_prefix(self.sale_id))
+    fn shared_args(&self, _keys: &Keys, fence: &str, cmd: &mut redis::Cmd) {
+        cmd.arg(self.first_item)
             .arg(if self.confirm_replays { "1" } else { "0" })
             .arg(fence);
     }
 
-    fn keys(&self, _keys: &Keys, cmd: &mut redis::Cmd) {
-        cmd.arg(&self.code_key).arg(&self.user_key);
-    }
+    fn keys(&self, _keys: &Keys, _cmd: &mut redis::Cmd) {}
 
-    fn args(&self, _cmd: &mut redis::Cmd) {}
+    fn args(&self, cmd: &mut redis::Cmd) {
+        cmd.arg(&self.code);
+    }
 
     /// A purchase answered `200`, first time or replayed: with replicas to
     /// wait for, it is answered only once they confirmed it.
@@ -83,12 +83,14 @@ impl Api {
     pub(super) async fn purchase(&self, query: &str, body: &mut Vec<u8>) -> Answer {
         let query = Query::parse(query);
         let code = query.text("code", "code is required")?;
-        let CodeIds { sale_id, user_id } = parse_code(&code).ok_or(Reject::new(
+        let CodeIds { sale_id, .. } = parse_code(&code).ok_or(Reject::new(
             400,
             "invalid_params",
             "code is not a checkout code",
         ))?;
         let first_item = sale_id.checked_mul(ITEM_ID_STRIDE).ok_or(UNKNOWN_CODE)?;
+        // A well-formed code always fits.
+        let code = Code::from_text(&code).ok_or(UNKNOWN_CODE)?;
 
         let reply = {
             let _slot = self.begin_redis_work()?;
@@ -96,8 +98,7 @@ impl Api {
                 .call(PurchaseCall {
                     sale_id,
                     first_item,
-                    code_key: self.deps.keys.code(sale_id, &code),
-                    user_key: self.deps.keys.user(sale_id, user_id),
+                    code,
                     confirm_replays: self.deps.wait_replicas > 0,
                 })
                 .await

@@ -1,5 +1,4 @@
-//! Redis key names, built from validated integers (and a validated code)
-//! only, behind the deployment's key prefix (`--redis-key-prefix`, possibly
+//! Redis key names, built from validated integers only, behind the deployment's key prefix (`--redis-key-prefix`, possibly
 //! empty), so that several deployments can share one Redis. Every key of sale
 //! S is `<prefix>{sale:S}:...`: the prefix comes before the hash tag, so it
 //! starts every key while the slot of a sale's keys depends on the sale
@@ -90,23 +89,16 @@ impl Keys {
         format!("{}{{sale:{sale_id}}}:sold", self.prefix)
     }
 
-    pub fn user(&self, sale_id: i64, user_id: i64) -> String {
-        format!("{}{{sale:{sale_id}}}:user:{user_id}", self.prefix)
+    /// The sale's users: field = user id, value = the user's bought count
+    /// and open checkout (lua/checkout.lua says the format).
+    pub fn users(&self, sale_id: i64) -> String {
+        format!("{}{{sale:{sale_id}}}:users", self.prefix)
     }
 
-    /// Prefix of user keys: scripts read the user id from a user key.
-    pub fn user_prefix(&self, sale_id: i64) -> String {
-        format!("{}{{sale:{sale_id}}}:user:", self.prefix)
-    }
-
-    /// Key of a code; `code` must have passed `sale::code::parse_code`.
-    pub fn code(&self, sale_id: i64, code: &str) -> String {
-        format!("{}{{sale:{sale_id}}}:code:{code}", self.prefix)
-    }
-
-    /// Prefix of code keys, for scripts that read the code from its key.
-    pub fn code_prefix(&self, sale_id: i64) -> String {
-        format!("{}{{sale:{sale_id}}}:code:", self.prefix)
+    /// The sale's purchased codes: field = code, value = the stored
+    /// purchase outcome a retry replays (lua/checkout.lua says the format).
+    pub fn codes(&self, sale_id: i64) -> String {
+        format!("{}{{sale:{sale_id}}}:codes", self.prefix)
     }
 
     pub fn outbox(&self, sale_id: i64) -> String {
@@ -148,18 +140,13 @@ mod tests {
         for key in [
             keys.meta(5),
             keys.sold(5),
-            keys.user(5, 9),
-            keys.code(5, "5-9-ab"),
+            keys.users(5),
+            keys.codes(5),
             keys.outbox(5),
             keys.outbox_dead_letter(5),
         ] {
             assert!(key.starts_with("{sale:5}:"), "{key}");
         }
-        assert_eq!(keys.user(5, 9), format!("{}9", keys.user_prefix(5)));
-        assert_eq!(
-            keys.code(5, "5-9-ab"),
-            format!("{}5-9-ab", keys.code_prefix(5))
-        );
         assert_eq!(keys.sale_index(), "{flashsale}:sales");
         assert_eq!(keys.dead_letter_index(), "{flashsale}:dead-letters");
     }
@@ -170,10 +157,8 @@ mod tests {
         for key in [
             keys.meta(5),
             keys.sold(5),
-            keys.user(5, 9),
-            keys.user_prefix(5),
-            keys.code(5, "5-9-ab"),
-            keys.code_prefix(5),
+            keys.users(5),
+            keys.codes(5),
             keys.outbox(5),
             keys.outbox_dead_letter(5),
         ] {
@@ -188,7 +173,7 @@ mod tests {
         let keys = Keys::new("shop-a:").unwrap();
         for sale in [1, 42, 493_000, i64::MAX, 0, -7, i64::MIN] {
             let slot = Keys::sale_slot(sale);
-            for key in [keys.meta(sale), keys.user(sale, 7), keys.outbox(sale)] {
+            for key in [keys.meta(sale), keys.users(sale), keys.outbox(sale)] {
                 assert_eq!(
                     super::super::cluster::key_slot(key.as_bytes()),
                     slot,

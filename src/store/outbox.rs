@@ -91,7 +91,8 @@ pub fn close_sale(
 ) -> Result<bool> {
     static SCRIPT: std::sync::LazyLock<Script> =
         std::sync::LazyLock::new(|| Script::new("close_sale", CLOSE_SALE));
-    let closed: i64 = eval(con, &SCRIPT, &[keys.meta(sale_id)], |cmd| {
+    let script_keys = [keys.meta(sale_id), keys.users(sale_id), keys.codes(sale_id)];
+    let closed: i64 = eval(con, &SCRIPT, &script_keys, |cmd| {
         cmd.arg(ends_at);
     })?;
     Ok(closed == 1)

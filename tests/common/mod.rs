@@ -50,11 +50,19 @@ pub mod keys {
     pub fn sold(sale_id: i64) -> String {
         Keys::default().sold(sale_id)
     }
-    pub fn user(sale_id: i64, user_id: i64) -> String {
-        Keys::default().user(sale_id, user_id)
+    /// The sale's users hash: field = user id, value =
+    /// `<bought>:<items in the checkout>:<code>:<,items,>`.
+    pub fn users(sale_id: i64) -> String {
+        Keys::default().users(sale_id)
     }
-    pub fn code(sale_id: i64, code: &str) -> String {
-        Keys::default().code(sale_id, code)
+    /// The sale's codes hash: field = code, value =
+    /// `<status>:<user>:<purchased>:<unavailable>`.
+    pub fn codes(sale_id: i64) -> String {
+        Keys::default().codes(sale_id)
+    }
+    /// The `bought` count of a users hash value (`None`: no entry).
+    pub fn bought(entry: Option<&str>) -> Option<i64> {
+        entry?.split(':').next()?.parse().ok()
     }
     pub fn outbox(sale_id: i64) -> String {
         Keys::default().outbox(sale_id)
