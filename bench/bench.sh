@@ -502,33 +502,30 @@ wait_writer_idle() { # timeout_s
 
 # The redis-benchmark command for the purchase script, built here only. It
 # calls lua/purchase.lua with the layout a core uses for a batch of one (see
-# the top of the script): KEYS meta, sold, outbox, one code key and the key
-# of the user the code names; ARGV user key prefix, first item id minus one,
-# code key prefix, '0' (no WAIT), '' (no fence: a single node). LIMIT:
-# redis-benchmark gives every __rand_int__ its own number, and a code now
-# names its user twice (in the code key and in the user key), so a draw
-# pairs a prepared code with its own user only by chance (1 in CODES):
-# nearly every call answers `unknown` after reading the code. This leg is Redis's ceiling for the script's call and lookup cost,
-# no longer for the purchase decision itself.
+# the top of the script): KEYS meta, sold, outbox, users, codes; ARGV first
+# item id minus one, '0' (no WAIT), '' (no fence: a single node), the code.
+# The code names its user and its one __rand_int__ (12 digits) draws a
+# prepared code (bench/prep_codes.py: `<sale>-1<i as 12 digits>-<32
+# zeros>`), so every call is a prepared code's first purchase or a replay,
+# the same draw as bench/purchase.lua.
 # Sets RB_CMD (an array).
 purchase_bench_cmd() { # db sale_id requests pipeline clients codes sha
   local db=$1 sale=$2 requests=$3 pipeline=$4 clients=$5 codes=$6 sha=$7
   local tag="{sale:$sale}"
   RB_CMD=(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" --dbnum "$db" -c "$clients" -n "$requests"
     -r "$codes" -P "$pipeline" --precision 3
-    EVALSHA "$sha" 5 "$tag:meta" "$tag:sold" "$tag:outbox"
-    "$tag:code:${sale}-1__rand_int__-00000000000000000000__rand_int__" "$tag:user:1__rand_int__"
-    "$tag:user:" "$((sale * 1000000))" "$tag:code:" 0 "")
+    EVALSHA "$sha" 5 "$tag:meta" "$tag:sold" "$tag:outbox" "$tag:users" "$tag:codes"
+    "$((sale * 1000000))" 0 "" "${sale}-1__rand_int__-00000000000000000000000000000000")
 }
 
 # codes of the sale spent (purchased, first time), out of 0..codes-1
 SPENT_LUA='local n = 0
 for i = 0, tonumber(ARGV[2]) - 1 do
-  if redis.call("HEXISTS", string.format("%s%d-00000000000000000000%012d", ARGV[1], i + 1, i), "status") == 1 then n = n + 1 end
+  if redis.call("HEXISTS", KEYS[1], string.format("%s-1%012d-00000000000000000000000000000000", ARGV[1], i)) == 1 then n = n + 1 end
 end
 return n'
 spent_codes() { # db sale codes
-  rcli -n "$1" eval "$SPENT_LUA" 0 "{sale:$2}:code:$2-" "$3"
+  rcli -n "$1" eval "$SPENT_LUA" 1 "{sale:$2}:codes" "$2" "$3"
 }
 
 # ---------------------------------------------------------------------------
@@ -632,17 +629,18 @@ scenario_sellout() {
 }
 
 scenario_purchase() {
-  local kvf out sha_checkout sha_purchase ends_at starts_at meta resp p0 served spent sold db p
+  local kvf out sha_checkout sha_purchase ends_at starts_at expire_at meta resp p0 served spent sold db p
   start_server purchase "$DB_PURCHASE" $((DURATION_S + 120))
   sha_checkout="$(rcli script load "$(cat lua/checkout.lua)")"
   sha_purchase="$(rcli script load "$(cat "$PURCHASE_LUA")")"
   meta="{sale:$SALE_ID}:meta"
   starts_at="$(rcli -n "$DB_PURCHASE" hget "$meta" starts_at)"
   ends_at="$(rcli -n "$DB_PURCHASE" hget "$meta" ends_at)"
+  expire_at="$(rcli -n "$DB_PURCHASE" hget "$meta" expire_at)"
   resp="$OUT/raw/codes.resp"
   log "round $ROUND: purchase path: preparing $PURCHASE_CODES codes (bench/prep_codes.py)"
   local prep=(python3 bench/prep_codes.py --sale "$SALE_ID" --items "$ITEMS" --codes "$PURCHASE_CODES"
-    --max-items "$PURCHASE_MAX_ITEMS" --checkout-sha "$sha_checkout" --ends-at "$ends_at")
+    --max-items "$PURCHASE_MAX_ITEMS" --checkout-sha "$sha_checkout")
   log_cmd "prepared codes (piped into each database with redis-cli -n DB --pipe)" "${prep[@]}"
   "${prep[@]}" >"$resp"
   prep_db() { # db
@@ -677,7 +675,7 @@ scenario_purchase() {
     rcli -n "$db" flushdb >/dev/null
     [[ " ${REDIS_DBS[*]} " == *" $db "* ]] || REDIS_DBS+=("$db")
     rcli -n "$db" hset "$meta" id "$SALE_ID" starts_at "$starts_at" ends_at "$ends_at" \
-      items "$ITEMS" limit "$USER_LIMIT" sold 0 >/dev/null
+      items "$ITEMS" limit "$USER_LIMIT" sold 0 expire_at "$expire_at" >/dev/null
     prep_db "$db"
     purchase_bench_cmd "$db" "$SALE_ID" "$served" "$p" "$RB_CLIENTS" "$PURCHASE_CODES" "$sha_purchase"
     kvf="$(new_kv "$ROUND" "redis_p$p" redis-benchmark)"

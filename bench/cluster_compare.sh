@@ -196,6 +196,9 @@ REF_LUA="$OUT/ref-lua"
 rm -rf "$REF_LUA" && cp -r "$OUT/ref-src/lua" "$REF_LUA"
 REF_PREP="$OUT/ref-prep_codes.py"
 cp "$OUT/ref-src/bench/prep_codes.py" "$REF_PREP"
+# and its wrk scripts (bench/purchase.lua draws the codes its prep_codes.py made)
+REF_BENCH="$OUT/ref-bench"
+rm -rf "$REF_BENCH" && cp -r "$OUT/ref-src/bench" "$REF_BENCH"
 if [[ $BUILD == 1 ]]; then
   # The reference gets its own target directory (cargo decides from file
   # times whether a crate is fresh, so two source trees must not share one),
@@ -248,12 +251,12 @@ RESULTS="$OUT/results.txt"
 
 # run ROUND REDIS(single|cluster) LEG(checkout|purchase) SIDE(ref|cur) WAIT(0|1)
 run() {
-  local round=$1 redis=$2 leg=$3 side=$4 wait=$5 bin lua prep label url prefix="" node active sale items ends_at \
+  local round=$1 redis=$2 leg=$3 side=$4 wait=$5 bin lua prep wrk_dir label url prefix="" node active sale items ends_at \
     sha out line rps p99 p999 statuses
   if [[ $side == ref ]]; then
-    bin=$REF_BIN lua=$REF_LUA prep=$REF_PREP
+    bin=$REF_BIN lua=$REF_LUA prep=$REF_PREP wrk_dir=$REF_BENCH
   else
-    bin=$CUR_BIN lua=$ROOT/lua prep=$ROOT/bench/prep_codes.py
+    bin=$CUR_BIN lua=$ROOT/lua prep=$ROOT/bench/prep_codes.py wrk_dir=$ROOT/bench
   fi
   label=$side
   if [[ $wait == 1 ]]; then label+="+wait1"; fi
@@ -295,12 +298,16 @@ run() {
     ends_at="$("${r[@]}" hget "$prefix{sale:$sale}:meta" ends_at)"
     [[ $ends_at =~ ^[0-9]+$ ]] || die "no meta for sale $sale in Redis"
     local prep_cmd=(python3 "$prep" --sale "$sale" --items "$items" --codes "$PURCHASE_CODES"
-      --max-items "$PURCHASE_MAX_ITEMS" --checkout-sha "$sha" --ends-at "$ends_at")
+      --max-items "$PURCHASE_MAX_ITEMS" --checkout-sha "$sha")
+    # builds before the users hash passed the expiry of user and code keys
+    if grep -q -- '--ends-at' "$prep"; then prep_cmd+=(--ends-at "$ends_at"); fi
     if [[ -n $prefix ]]; then prep_cmd+=(--key-prefix "$prefix"); fi
     "${prep_cmd[@]}" | "${r[@]}" --pipe >"$OUT/prep.txt" 2>&1
     grep -q 'errors: 0,' "$OUT/prep.txt" || die "preparing codes failed: $(tail -n 2 "$OUT/prep.txt")"
-    # code 0 (user 1) must hold its checkout, or the layout did not match
-    [[ $("${r[@]}" hget "$prefix{sale:$sale}:code:$sale-1-00000000000000000000000000000000" user) == 1 ]] ||
+    # code 0 must hold its checkout (the users hash, or before it the code's
+    # key), or the layout did not match
+    [[ $("${r[@]}" hget "$prefix{sale:$sale}:users" 1000000000000) == *":$sale-1000000000000-"* ||
+      $("${r[@]}" hget "$prefix{sale:$sale}:code:$sale-1-00000000000000000000000000000000" user) == 1 ]] ||
       die "the prepared codes are not in Redis (does $prep match $lua/checkout.lua?)"
     wrk_env=(COUNT_STATUS=1 SALE_ID="$sale" CODES="$PURCHASE_CODES")
     script=purchase.lua
@@ -311,7 +318,7 @@ run() {
   local s0 r0 s1 r1
   s0=$(ticks "$SERVER_PID") r0=$(ticks "$rpid")
   out="$OUT/wrk-r$round-$redis-$leg-$label.txt"
-  env "${wrk_env[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "bench/$script" "$URL" >"$out" 2>&1 ||
+  env "${wrk_env[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$wrk_dir/$script" "$URL" >"$out" 2>&1 ||
     die "wrk failed: $(tail -n 3 "$out")"
   s1=$(ticks "$SERVER_PID") r1=$(ticks "$rpid")
   stop_server

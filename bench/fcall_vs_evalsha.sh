@@ -12,18 +12,17 @@
 # round), so both see the same machine. Legs:
 #
 #   checkout  redis-benchmark, -P 16 and -P 1: a new random user (1 of 10^9)
-#             checks out an item: the crowd's path (`ok`: a new code and user
-#             key, two HSET and two PEXPIREAT). redis-benchmark gives every
+#             checks out an item: the crowd's path (`ok`: a new field of the
+#             sale's users hash, one HSET). redis-benchmark gives every
 #             __rand_int__ its own number and stops at the first error reply,
 #             so the item number is fixed (ITEM): a random one would sometimes
 #             be 0, which the script refuses with an error.
-#   lookup    redis-benchmark, -P 16 and -P 1: purchase.lua with a code key and
-#             a user key drawn separately from CODES prepared codes, so they
-#             almost never pair: `unknown` after reading meta and the code.
-#             The call's own cost, where FCALL and EVALSHA differ.
+#   lookup    redis-benchmark, -P 16 and -P 1: purchase.lua with a code of a
+#             user without a checkout (`<sale>-2<12 digits>-<32 zeros>`):
+#             `unknown` after reading meta, codes and users. The call's own
+#             cost, where FCALL and EVALSHA differ.
 #   purchase  redis-cli --pipe, one connection, every prepared code's first
-#             purchase once, each with its own user (bench/prep_codes.py
-#             --purchase-call): `done`, 200 (bought) or 409 (~20 codes share
+#             purchase once (bench/prep_codes.py --purchase-call): `done`, 200 (bought) or 409 (~20 codes share
 #             each item, so most lose). calls/s = CODES / wall time.
 #   replay    the same stream again: `replay` of each stored outcome.
 #
@@ -142,10 +141,10 @@ EXPIRE_AT=$((ENDS_AT * 1000 + 86400000))
 # purchase legs, the prepared checkouts of CODES codes.
 PREP="$WORK/checkouts.resp"
 python3 bench/prep_codes.py --sale "$SALE" --items "$ITEMS" --codes "$CODES" \
-  --checkout-sha "${CALL[evalsha_checkout]#EVALSHA }" --ends-at "$ENDS_AT" >"$PREP"
+  --checkout-sha "${CALL[evalsha_checkout]#EVALSHA }" >"$PREP"
 for side in evalsha fcall; do
   python3 bench/prep_codes.py --sale "$SALE" --items "$ITEMS" --codes "$CODES" --checkout-sha - \
-    --ends-at "$ENDS_AT" --purchase-call "${CALL[${side}_purchase]}" >"$WORK/purchases.$side.resp"
+    --purchase-call "${CALL[${side}_purchase]}" >"$WORK/purchases.$side.resp"
 done
 pipe() { # file: pipes it, checks that nothing failed
   local r
@@ -158,18 +157,19 @@ fresh_sale() { # with_codes (0/1)
     rcli bgrewriteaof >/dev/null 2>&1 || true
     while [[ $(rcli info persistence | tr -d '\r' | grep -c '^aof_rewrite_in_progress:1') == 1 ]]; do sleep 0.1; done
   fi
-  [[ $(rcli evalsha "$SHA_INIT" 2 "$META" "$TAG:sold" "$SALE" "$STARTS_AT" "$ENDS_AT" "$ITEMS" "$LIMIT" \
-    "$EXPIRE_AT" "" create | head -n1) == created ]] || die "init_sale.lua did not create the sale"
+  [[ $(rcli evalsha "$SHA_INIT" 4 "$META" "$TAG:sold" "$TAG:users" "$TAG:codes" "$SALE" "$STARTS_AT" \
+    "$ENDS_AT" "$ITEMS" "$LIMIT" "$EXPIRE_AT" create "" 0 | head -n1) == created ]] ||
+    die "init_sale.lua did not create the sale"
   if [[ $1 == 1 ]]; then pipe "$PREP"; fi
 }
 
 # The call of each redis-benchmark leg, after EVALSHA <sha> / FCALL <name>.
 # The layout of a core's call with a batch of one on a single node (see the
 # top of each script): no WAIT ('0'), no fence ('').
-checkout_args=(4 "$META" "$TAG:sold" "$TAG:user:__rand_int__" "$TAG:code:$SALE-__rand_int__-00000000000000000000__rand_int__"
-  "$EXPIRE_AT" "$BASE" "$TAG:user:" "$TAG:code:" "" "$ITEM")
-lookup_args=(5 "$META" "$TAG:sold" "$TAG:outbox" "$TAG:code:$SALE-1__rand_int__-00000000000000000000__rand_int__"
-  "$TAG:user:1__rand_int__" "$TAG:user:" "$BASE" "$TAG:code:" 0 "")
+checkout_args=(3 "$META" "$TAG:sold" "$TAG:users" "$BASE" "" __rand_int__ "$ITEM"
+  "$SALE-__rand_int__-00000000000000000000__rand_int__")
+lookup_args=(5 "$META" "$TAG:sold" "$TAG:outbox" "$TAG:users" "$TAG:codes" "$BASE" 0 ""
+  "$SALE-2__rand_int__-00000000000000000000000000000000")
 
 # --- the path each leg exercises ----------------------------------------------
 show() { # label, command...
@@ -181,26 +181,24 @@ for side in evalsha fcall; do
   # shellcheck disable=SC2206 # "EVALSHA <sha>" / "FCALL <name>": two words
   c=(${CALL[${side}_checkout]})
   u=$([[ $side == evalsha ]] && echo 900000000001 || echo 900000000002)
-  show "$side checkout (new user $u)" "${c[@]}" 4 "$META" "$TAG:sold" "$TAG:user:$u" "$TAG:code:$SALE-$u-x" \
-    "$EXPIRE_AT" "$BASE" "$TAG:user:" "$TAG:code:" "" "$ITEM"
+  show "$side checkout (new user $u)" "${c[@]}" 3 "$META" "$TAG:sold" "$TAG:users" "$BASE" "" "$u" "$ITEM" \
+    "$SALE-$u-00000000000000000000000000000000"
   # shellcheck disable=SC2206
   c=(${CALL[${side}_purchase]})
-  show "$side lookup (code 1, user 2)" "${c[@]}" 5 "$META" "$TAG:sold" "$TAG:outbox" \
-    "$TAG:code:$SALE-1-00000000000000000000000000000000" "$TAG:user:2" \
-    "$TAG:user:" "$BASE" "$TAG:code:" 0 ""
+  show "$side lookup (user 2, no checkout)" "${c[@]}" 5 "$META" "$TAG:sold" "$TAG:outbox" "$TAG:users" \
+    "$TAG:codes" "$BASE" 0 "" "$SALE-2-00000000000000000000000000000000"
 done
-purchase_call() { # side label code user
+purchase_call() { # side label code
   # shellcheck disable=SC2206
   local c=(${CALL[${1}_purchase]})
-  show "$1 $2" "${c[@]}" 5 "$META" "$TAG:sold" "$TAG:outbox" "$TAG:code:$3" "$TAG:user:$4" \
-    "$TAG:user:" "$BASE" "$TAG:code:" 0 ""
+  show "$1 $2" "${c[@]}" 5 "$META" "$TAG:sold" "$TAG:outbox" "$TAG:users" "$TAG:codes" "$BASE" 0 "" "$3"
 }
-code1="$SALE-1-00000000000000000000000000000000"
-code2="$SALE-2-00000000000000000000000000000001"
-purchase_call evalsha "purchase (code 1, user 1)" "$code1" 1
-purchase_call fcall "purchase (code 2, user 2)" "$code2" 2
-purchase_call fcall "replay (code 1, user 1)" "$code1" 1
-purchase_call evalsha "replay (code 2, user 2)" "$code2" 2
+code1="$SALE-1000000000000-00000000000000000000000000000000"
+code2="$SALE-1000000000001-00000000000000000000000000000000"
+purchase_call evalsha "purchase (code 0)" "$code1"
+purchase_call fcall "purchase (code 1)" "$code2"
+purchase_call fcall "replay (code 0)" "$code1"
+purchase_call evalsha "replay (code 1)" "$code2"
 echo
 
 # --- the runs -------------------------------------------------------------------
@@ -253,7 +251,7 @@ bench_run() { # round leg pipeline side
       usec="$(usec_per_call)"
       cpu=$(cpu_per_call "$ticks" "$n")
       if [[ $leg == checkout ]]; then
-        detail="keys $(rcli dbsize)"
+        detail="keys $(rcli dbsize), users $(rcli hlen "$TAG:users")"
       else
         detail="keys $(rcli dbsize), sold $(rcli hget "$META" sold)"
       fi

@@ -2,8 +2,8 @@
 -- from CODES prepared codes, the same codes and the same draw as
 -- redis-benchmark's EVALSHA of lua/purchase.lua in bench/bench.sh:
 --
---   C = SALE_ID .. "-" .. (i + 1) .. "-" .. 20 zeros .. i as 12 digits,
---   i in 0..CODES-1 (the code's user is i + 1).
+--   C = SALE_ID .. "-1" .. i as 12 digits .. "-" .. 32 zeros,
+--   i in 0..CODES-1 (the code's user is 10^12 + i).
 --
 -- The
 -- codes are prepared by bench/prep_codes.py (see bench/README.md for the
@@ -23,5 +23,5 @@ lib.install({ count = os.getenv("COUNT_STATUS") == "1" })
 
 function request()
   local i = math.random(0, ncodes - 1)
-  return wrk.format("POST", string.format("%s%d-00000000000000000000%012d", prefix, i + 1, i), nil, "")
+  return wrk.format("POST", string.format("%s1%012d-00000000000000000000000000000000", prefix, i), nil, "")
 end

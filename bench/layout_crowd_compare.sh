@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# bench/layout_crowd_compare.sh: the checkout crowd (bench/checkout.lua: wrk
+# -c64, random users uniform over USERS, random items of a fresh sale)
+# against two server binaries, REF_BIN and CUR_BIN, alternating (which goes
+# first flips every round), each run on a fresh sale in its own database of
+# a private redis-server with the shipped durability settings (AOF everysec,
+# lazyfree-lazy-expire) and its own Postgres database. Per run: checkouts/s
+# (the server's own count of POST /checkout, over the run), and Redis's CPU
+# time per checkout (user + system, /proc of the private redis-server, which
+# serves nothing else). The binaries embed their lua/, so REF_BIN is a build
+# of the commit to compare with (cargo build --release in a worktree of it).
+#
+#   REF_BIN=/tmp/flashsale-ref CUR_BIN=target/release/flashsale bash bench/layout_crowd_compare.sh
+#
+# Knobs: ROUNDS (3), DURATION (10s), CONNECTIONS (64), USERS (1000000),
+# SERVER_CORES (every core), REDIS_PORT (first free from 6390 up),
+# BENCH_PORT (18090), PG_URL (postgres://flashsale@127.0.0.1:5432; a
+# database fslayout_<n> is created and dropped per run).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+cd "$ROOT"
+
+REF_BIN=${REF_BIN:?set REF_BIN to the reference build}
+CUR_BIN=${CUR_BIN:-target/release/flashsale}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+USERS=${USERS:-1000000}
+SERVER_CORES=${SERVER_CORES:-$(nproc)}
+BENCH_PORT=${BENCH_PORT:-18090}
+PG_URL=${PG_URL:-postgres://flashsale@127.0.0.1:5432}
+
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+for tool in redis-server redis-cli wrk psql curl; do
+  command -v "$tool" >/dev/null || die "$tool is missing (scripts/bench-tools.sh installs wrk)"
+done
+listening() { ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
+if [[ -z ${REDIS_PORT:-} ]]; then
+  for ((REDIS_PORT = 6390; REDIS_PORT < 6999; REDIS_PORT++)); do
+    [[ $REDIS_PORT == 6379 ]] && continue
+    listening "$REDIS_PORT" || break
+  done
+fi
+listening "$REDIS_PORT" && die "port $REDIS_PORT is taken"
+listening "$BENCH_PORT" && die "port $BENCH_PORT is taken"
+
+WORK="$(mktemp -d /tmp/layout-crowd.XXXXXX)"
+REDIS_PID=""
+SERVER_PID=""
+PG_DB=""
+stop() { # pid
+  [[ -n $1 ]] || return 0
+  kill "$1" 2>/dev/null || true
+  for ((i = 0; i < 200; i++)); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -9 "$1" 2>/dev/null || true
+}
+psql_() { PGOPTIONS='-c client_min_messages=warning' psql -X -q -v ON_ERROR_STOP=1 "$PG_URL/postgres" "$@"; }
+cleanup() {
+  stop "$SERVER_PID"
+  stop "$REDIS_PID"
+  [[ -n $PG_DB ]] && psql_ -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cat >"$WORK/redis.conf" <<EOF
+port $REDIS_PORT
+bind 127.0.0.1
+dir $WORK
+save ""
+appendonly yes
+appendfsync everysec
+auto-aof-rewrite-min-size 1gb
+lazyfree-lazy-expire yes
+EOF
+redis-server "$WORK/redis.conf" >"$WORK/redis.log" 2>&1 &
+REDIS_PID=$!
+for ((i = 0; i < 100; i++)); do
+  [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] && break
+  sleep 0.1
+done
+log "private redis on $REDIS_PORT (pid $REDIS_PID); ref $REF_BIN, cur $CUR_BIN"
+
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+checkouts() {
+  curl -fsS "http://127.0.0.1:$BENCH_PORT/metrics" |
+    { grep -E '^flashsale_requests_total\{route="checkout"' || true; } | awk '{ s += $NF } END { printf "%.0f\n", s }'
+}
+
+RESULTS="$WORK/results"
+: >"$RESULTS"
+run() { # round side bin db
+  local round=$1 side=$2 bin=$3 db=$4 active sale items r0 c0 s0 r1 c1 s1 secs
+  PG_DB="fslayout_$db"
+  psql_ -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
+  psql_ -c "CREATE DATABASE $PG_DB" >/dev/null
+  redis-cli -p "$REDIS_PORT" -n "$db" flushdb >/dev/null
+  FLASHSALE_LISTEN="127.0.0.1:$BENCH_PORT" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/$db" \
+    DATABASE_URL="$PG_URL/$PG_DB" FLASHSALE_CORES="$SERVER_CORES" FLASHSALE_LOG=warn \
+    "$bin" >"$WORK/server-$side-$round.log" 2>&1 &
+  SERVER_PID=$!
+  active=""
+  for ((i = 0; i < 600; i++)); do
+    active="$(curl -fsS --max-time 2 "http://127.0.0.1:$BENCH_PORT/sales/active" 2>/dev/null || true)"
+    [[ -n $active ]] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || die "server exited: $(tail -n 5 "$WORK/server-$side-$round.log")"
+    sleep 0.1
+  done
+  sale="$(echo "$active" | sed -n 's/.*"sale_id":\([0-9]*\).*/\1/p')"
+  items="$(echo "$active" | sed -n 's/.*"items_total":\([0-9]*\).*/\1/p')"
+  r0=$(ticks "$REDIS_PID")
+  s0=$(ticks "$SERVER_PID")
+  c0=$(checkouts)
+  secs=$(date +%s%N)
+  SALE_ID=$sale ITEMS=$items USERS=$USERS wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s bench/checkout.lua \
+    "http://127.0.0.1:$BENCH_PORT" >"$WORK/wrk-$side-$round.txt" 2>&1
+  c1=$(checkouts)
+  r1=$(ticks "$REDIS_PID")
+  s1=$(ticks "$SERVER_PID")
+  secs=$((($(date +%s%N) - secs) / 1000000))
+  stop "$SERVER_PID"
+  SERVER_PID=""
+  psql_ -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
+  PG_DB=""
+  redis-cli -p "$REDIS_PORT" -n "$db" flushdb >/dev/null
+  awk -v r="$round" -v s="$side" -v n=$((c1 - c0)) -v ms="$secs" -v rt=$((r1 - r0)) -v st=$((s1 - s0)) \
+    -v us=$((1000000 / $(getconf CLK_TCK))) 'BEGIN {
+      printf "%s %s %.0f %.2f %.2f\n", r, s, n / (ms / 1000), rt * us / n, st * us / n >> "'"$RESULTS"'"
+      printf "  r%-2s %-3s %8.0f checkouts/s  Redis %6.2f us CPU/checkout  server %6.2f us CPU/checkout (%d checkouts)\n",
+        r, s, n / (ms / 1000), rt * us / n, st * us / n, n
+    }'
+}
+
+echo "Runs (wrk -t1 -c$CONNECTIONS -d$DURATION bench/checkout.lua, users 1..$USERS):"
+db=0
+for ((round = 1; round <= ROUNDS; round++)); do
+  if ((round % 2)); then order="ref cur"; else order="cur ref"; fi
+  for side in $order; do
+    db=$((db + 1))
+    if [[ $side == ref ]]; then bin=$REF_BIN; else bin=$CUR_BIN; fi
+    run "$round" "$side" "$bin" "$db"
+  done
+done
+
+echo
+echo "cur / ref per round, and medians:"
+python3 - "$RESULTS" "$ROUNDS" <<'EOF'
+import statistics
+import sys
+
+rows = [line.split() for line in open(sys.argv[1])]
+rounds = int(sys.argv[2])
+by = {}
+for r, side, *vals in rows:
+    by.setdefault(int(r), {})[side] = [float(v) for v in vals]
+names = ["checkouts/s", "Redis CPU us/checkout", "server CPU us/checkout"]
+print(f"| | {' | '.join(f'round {r}: ref / cur' for r in range(1, rounds + 1))} | median ref | median cur | median cur/ref |")
+print(f"| --- | {' | '.join('---' for _ in range(rounds))} | ---: | ---: | ---: |")
+for k, name in enumerate(names):
+    cells, ratios = [], []
+    for r in range(1, rounds + 1):
+        o, n = by[r]["ref"][k], by[r]["cur"][k]
+        ratios.append(n / o)
+        cells.append(f"{o:,.2f} / {n:,.2f}")
+    mo = statistics.median(by[r]["ref"][k] for r in by)
+    mn = statistics.median(by[r]["cur"][k] for r in by)
+    print(f"| {name} | {' | '.join(cells)} | {mo:,.2f} | {mn:,.2f} | **{statistics.median(ratios):.3f}** |")
+EOF
