@@ -157,7 +157,7 @@ fresh_sale() { # with_codes (0/1)
     rcli bgrewriteaof >/dev/null 2>&1 || true
     while [[ $(rcli info persistence | tr -d '\r' | grep -c '^aof_rewrite_in_progress:1') == 1 ]]; do sleep 0.1; done
   fi
-  [[ $(rcli evalsha "$SHA_INIT" 4 "$META" "$TAG:sold" "$TAG:users" "$TAG:codes" "$SALE" "$STARTS_AT" \
+  [[ $(rcli evalsha "$SHA_INIT" 5 "$META" "$TAG:sold" "$TAG:users" "$TAG:codes" "$TAG:outbox" "$SALE" "$STARTS_AT" \
     "$ENDS_AT" "$ITEMS" "$LIMIT" "$EXPIRE_AT" create "" 0 | head -n1) == created ]] ||
     die "init_sale.lua did not create the sale"
   if [[ $1 == 1 ]]; then pipe "$PREP"; fi

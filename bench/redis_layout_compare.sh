@@ -130,7 +130,7 @@ fresh_sale() { # side
     r="$(rcli evalsha "${SHA[old_init_sale]}" 2 "$TAG:meta" "$TAG:sold" "$SALE" "$STARTS_AT" "$ENDS_AT" \
       "$ITEMS" "$LIMIT" "$EXPIRE_AT" "" create 0 | head -n1)"
   else
-    r="$(rcli evalsha "${SHA[new_init_sale]}" 4 "$TAG:meta" "$TAG:sold" "$TAG:users" "$TAG:codes" "$SALE" \
+    r="$(rcli evalsha "${SHA[new_init_sale]}" 5 "$TAG:meta" "$TAG:sold" "$TAG:users" "$TAG:codes" "$TAG:outbox" "$SALE" \
       "$STARTS_AT" "$ENDS_AT" "$ITEMS" "$LIMIT" "$EXPIRE_AT" create "" 0 | head -n1)"
   fi
   [[ $r == created ]] || die "$1 init_sale.lua: $r"

@@ -36,13 +36,18 @@
 -- for another. A missing sale is created as above.
 --
 -- users and codes get their '_' field and their expiry (ARGV[6]) from every
--- part, so they exist with it from the sale's creation on.
+-- part, so they exist with it from the sale's creation on; the sold bitmap
+-- is created at its full size and the outbox as an empty stream. So every
+-- key checkout.lua and purchase.lua declare exists from the start: during a
+-- Redis Cluster slot migration a script whose keys all exist on the source
+-- runs there (Redis answers TRYAGAIN to a multi-key command only when some
+-- of its keys are missing on a migrating slot's source).
 --
 -- The node id is this node's `CLUSTER MYID`, asked inside the script, so it
 -- is the id of the node that holds the state by construction; on a single
 -- node (cluster support disabled) it is '' and nothing is fenced.
 --
--- KEYS[1] meta  KEYS[2] sold  KEYS[3] users  KEYS[4] codes
+-- KEYS[1] meta  KEYS[2] sold  KEYS[3] users  KEYS[4] codes  KEYS[5] outbox
 -- ARGV[1] sale id  ARGV[2] starts_at  ARGV[3] ends_at (Unix s)
 -- ARGV[4] items  ARGV[5] per-user limit
 -- ARGV[6] expire-at of users and codes (Unix ms)
@@ -88,6 +93,13 @@ for k = 3, 4 do
   if redis.call('HSETNX', KEYS[k], '_', expire_at) == 1 then
     redis.call('PEXPIREAT', KEYS[k], expire_at)
   end
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SETBIT', KEYS[2], tonumber(ARGV[4]) - 1, 0)
+end
+if not exists and redis.call('EXISTS', KEYS[5]) == 0 then
+  -- An empty stream: the entry is trimmed as it is added.
+  redis.call('XADD', KEYS[5], 'MAXLEN', 0, '*', 'created', '1')
 end
 
 local restored = 0

@@ -183,7 +183,7 @@ appendonly yes
 appendfsync everysec
 appendfilename "appendonly.aof"
 # AOF rewrites fork and copy the whole dataset: past 64 MB (the default) a
-# checkout crowd (~300 bytes of AOF per checkout) triggers one every few
+# checkout crowd (~150 bytes of AOF per checkout) triggers one every few
 # seconds, each costing CPU beside the crowd; rewrite once the log has doubled
 # and passed 1 GB instead.
 auto-aof-rewrite-percentage 100

@@ -278,6 +278,7 @@ pub fn init_sale_in_parts(
         keys.sold(sale.id),
         keys.users(sale.id),
         keys.codes(sale.id),
+        keys.outbox(sale.id),
     ];
     let parts = recorded.parts(part_entries.max(1));
     let mut restored_total = 0;

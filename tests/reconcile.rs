@@ -216,11 +216,12 @@ impl ClusterSale {
         let now = now_secs();
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(INIT_SALE)
-            .arg(4)
+            .arg(5)
             .arg(self.keys.meta(self.id))
             .arg(self.keys.sold(self.id))
             .arg(self.keys.users(self.id))
-            .arg(self.keys.codes(self.id));
+            .arg(self.keys.codes(self.id))
+            .arg(self.keys.outbox(self.id));
         cmd.arg(self.id)
             .arg(now - 10)
             .arg(now + 600)
@@ -349,6 +350,29 @@ fn a_new_sale_on_the_cluster_is_stamped_with_its_node_and_not_fenced() {
         sale.hget(&sale.keys.meta(sale.id), "node").as_deref(),
         Some(node.as_str())
     );
+    // Every key checkout.lua and purchase.lua declare exists from the
+    // sale's creation: during a slot migration none is missing on the
+    // source, so Redis has no reason to answer TRYAGAIN while the sale's
+    // keys are all there (nor for a new user or a fresh code: no per-call
+    // keys).
+    let k = &sale.keys;
+    let declared = [
+        k.meta(sale.id),
+        k.sold(sale.id),
+        k.users(sale.id),
+        k.codes(sale.id),
+        k.outbox(sale.id),
+    ];
+    let existing: i64 = redis::cmd("EXISTS")
+        .arg(&declared)
+        .query(&mut sale.redis)
+        .unwrap();
+    assert_eq!(existing, 5, "{declared:?}");
+    let outbox_len: i64 = redis::cmd("XLEN")
+        .arg(&declared[4])
+        .query(&mut sale.redis)
+        .unwrap();
+    assert_eq!(outbox_len, 0, "the outbox is created empty");
 }
 
 #[test]
