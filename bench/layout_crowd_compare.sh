@@ -14,8 +14,9 @@
 #
 # Knobs: ROUNDS (3), DURATION (10s), CONNECTIONS (64), USERS (1000000),
 # SERVER_CORES (every core), REDIS_PORT (first free from 6390 up),
-# BENCH_PORT (18090), PG_URL (postgres://flashsale@127.0.0.1:5432; a
-# database fslayout_<n> is created and dropped per run).
+# BENCH_PORT (18090), PG_URL (postgres://flashsale@127.0.0.1:5432, the
+# servers' user), PG_ADMIN_URL (postgres://postgres@127.0.0.1:5432, which
+# creates a database fslayout_<n> owned by flashsale per run and drops it).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -30,6 +31,7 @@ USERS=${USERS:-1000000}
 SERVER_CORES=${SERVER_CORES:-$(nproc)}
 BENCH_PORT=${BENCH_PORT:-18090}
 PG_URL=${PG_URL:-postgres://flashsale@127.0.0.1:5432}
+PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432}
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -62,7 +64,7 @@ stop() { # pid
   done
   kill -9 "$1" 2>/dev/null || true
 }
-psql_() { PGOPTIONS='-c client_min_messages=warning' psql -X -q -v ON_ERROR_STOP=1 "$PG_URL/postgres" "$@"; }
+psql_() { PGOPTIONS='-c client_min_messages=warning' psql -X -q -v ON_ERROR_STOP=1 "$PG_ADMIN_URL/postgres" "$@"; }
 cleanup() {
   stop "$SERVER_PID"
   stop "$REDIS_PID"
@@ -96,13 +98,26 @@ checkouts() {
     { grep -E '^flashsale_requests_total\{route="checkout"' || true; } | awk '{ s += $NF } END { printf "%.0f\n", s }'
 }
 
+# A run must not see its sale end (the hourly sale, SALE_PERIOD_SECS of the
+# servers' default 3600): wait for the next period when this one ends too soon.
+SALE_PERIOD_SECS=3600
+secs_of() { case $1 in *m) echo $((${1%m} * 60)) ;; *s) echo "${1%s}" ;; *) echo "$1" ;; esac; }
+guard_period() {
+  local left=$((SALE_PERIOD_SECS - $(date +%s) % SALE_PERIOD_SECS)) need=$(($(secs_of "$DURATION") + 40))
+  if ((left < need)); then
+    log "the sale period ends in $left s: waiting for the next one"
+    sleep $((left + 2))
+  fi
+}
+
 RESULTS="$WORK/results"
 : >"$RESULTS"
 run() { # round side bin db
   local round=$1 side=$2 bin=$3 db=$4 active sale items r0 c0 s0 r1 c1 s1 secs
+  guard_period
   PG_DB="fslayout_$db"
   psql_ -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
-  psql_ -c "CREATE DATABASE $PG_DB" >/dev/null
+  psql_ -c "CREATE DATABASE $PG_DB OWNER flashsale" >/dev/null
   redis-cli -p "$REDIS_PORT" -n "$db" flushdb >/dev/null
   FLASHSALE_LISTEN="127.0.0.1:$BENCH_PORT" REDIS_URL="redis://127.0.0.1:$REDIS_PORT/$db" \
     DATABASE_URL="$PG_URL/$PG_DB" FLASHSALE_CORES="$SERVER_CORES" FLASHSALE_LOG=warn \

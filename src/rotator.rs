@@ -42,7 +42,7 @@ pub struct RotatorConfig {
     /// Redis key names behind the deployment's prefix.
     pub keys: Keys,
     pub redis_timeout: Duration,
-    /// How long user keys outlive their sale (ms), as the scripts set it.
+    /// How long a sale's users and codes hashes outlive it (ms): meta's `expire_at`, set when the sale is created.
     pub retention_ms: i64,
     /// Days of `checkouts` partitions kept in Postgres (0: all).
     pub checkouts_retention_days: u32,
