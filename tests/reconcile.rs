@@ -259,7 +259,7 @@ impl ClusterSale {
             .arg(fence)
             .arg(user)
             .arg(n)
-            .arg(&code)
+            .arg(code)
             .query(&mut self.redis)
             .expect("checkout.lua");
         (replies[0][0].clone(), replies[0][1].clone())

@@ -51,7 +51,7 @@ impl BatchCall for CheckoutCall {
     fn args(&self, cmd: &mut redis::Cmd) {
         cmd.arg(self.user_id)
             .arg(self.item_number)
-            .arg(&self.fresh_code);
+            .arg(self.fresh_code);
     }
 }
 

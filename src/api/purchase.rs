@@ -58,7 +58,7 @@ impl BatchCall for PurchaseCall {
     fn keys(&self, _keys: &Keys, _cmd: &mut redis::Cmd) {}
 
     fn args(&self, cmd: &mut redis::Cmd) {
-        cmd.arg(&self.code);
+        cmd.arg(self.code);
     }
 
     /// A purchase answered `200`, first time or replayed: with replicas to
