@@ -167,7 +167,7 @@ impl Api {
             "no_sale" => {
                 tracing::error!(
                     sale_id = sale.id,
-                    "sale missing in redis; the rotator will restore it"
+                    "sale missing in redis (the rotator will restore it), or created by a server of the per-user-key layout (not served; docs/redis.md)"
                 );
                 Err(NO_ACTIVE_SALE)
             }
