@@ -91,6 +91,7 @@ pub fn serve(config: Config) -> Result<()> {
             clock: clock.clone(),
             users_flush_after: Duration::from_millis(config.writer_users_flush_ms.max(1)),
             users_backlog_stale: Duration::from_secs(config.users_backlog_stale_secs),
+            database: store::connection_config(&config.database_url)?,
         },
         pool.clone(),
         records_rx,

@@ -213,7 +213,8 @@ pub struct Config {
     )]
     pub users_backlog_stale_secs: u64,
 
-    /// Postgres connections in the pool the writer and the rotator share.
+    /// Postgres connections in the pool the writer and the rotator share (the
+    /// writer's checkout batches use one more, of their own).
     #[arg(
         long = "pg-pool-size",
         env = "FLASHSALE_PG_POOL_SIZE",

@@ -355,6 +355,27 @@ impl<'a> PurchaseColumns<'a> {
     }
 }
 
+/// The writer's connection for checkout batches, outside the pool: its
+/// session commits asynchronously (`synchronous_commit = off`, which must
+/// never reach a pooled connection that purchases use) and its `COPY` is
+/// prepared once, so that a batch is one `COPY` in its own implicit
+/// transaction: two round trips, where `BEGIN`, `SET LOCAL`, a fresh
+/// `COPY` and `COMMIT` on a pooled connection took six.
+pub(crate) struct CheckoutConn {
+    client: Client,
+    copy: postgres::Statement,
+}
+
+impl CheckoutConn {
+    pub(crate) fn open(config: &postgres::Config) -> Result<Self, postgres::Error> {
+        let mut client = config.connect(postgres::NoTls)?;
+        super::connection_opened();
+        client.batch_execute("SET synchronous_commit = off")?;
+        let copy = client.prepare(CHECKOUTS_COPY)?;
+        Ok(CheckoutConn { client, copy })
+    }
+}
+
 /// Checkouts (and, when `mark` is given, the writer's backlog mark) in one
 /// transaction. Returns the rows inserted. The batch's users are not
 /// written here: the writer collects them and commits them apart, many
@@ -362,30 +383,41 @@ impl<'a> PurchaseColumns<'a> {
 /// the rows it covers, is what lets a lost collection be repaired
 /// (`catch_up_users`).
 ///
-/// The transaction commits without waiting for its WAL flush
-/// (`synchronous_commit = off`): checkout rows are analytics, and a Postgres
-/// crash may lose the last few hundred milliseconds of them, never a
-/// purchase (purchases commit synchronously before the outbox is trimmed).
-/// It saves a WAL flush per batch, which at flash-crowd rates is what lets
-/// the writer keep up.
+/// The transaction commits without waiting for its WAL flush (the session
+/// is `synchronous_commit = off`): checkout rows are analytics, and a
+/// Postgres crash may lose the last few hundred milliseconds of them, never
+/// a purchase (purchases commit synchronously before the outbox is
+/// trimmed). It saves a WAL flush per batch, which at flash-crowd rates is
+/// what lets the writer keep up.
 pub(crate) fn insert_checkouts(
-    client: &mut Client,
+    conn: &mut CheckoutConn,
     rows: &[CheckoutRecord],
     mark: Option<BacklogMark>,
 ) -> Result<u64, postgres::Error> {
-    let mut tx = client.transaction()?;
-    tx.batch_execute("SET LOCAL synchronous_commit = off")?;
-    if let Some(mark) = mark {
-        tx.execute(BACKLOG_MARK_SQL, &[&mark.writer, &timestamp(mark.since_ms)])?;
+    let data = checkouts_copy_data(rows);
+    match mark {
+        None => copy_checkouts(&mut conn.client, &conn.copy, &data),
+        Some(mark) => {
+            let mut tx = conn.client.transaction()?;
+            tx.execute(BACKLOG_MARK_SQL, &[&mark.writer, &timestamp(mark.since_ms)])?;
+            let inserted = copy_checkouts(&mut tx, &conn.copy, &data)?;
+            tx.commit()?;
+            Ok(inserted)
+        }
     }
-    let mut copy = tx.copy_in(CHECKOUTS_COPY)?;
+}
+
+fn copy_checkouts(
+    client: &mut impl postgres::GenericClient,
+    copy: &postgres::Statement,
+    data: &[u8],
+) -> Result<u64, postgres::Error> {
+    let mut writer = client.copy_in(copy)?;
     // The writer only buffers here; sending, and any error, happens in
     // finish(). Data cut short by a failed write is refused by Postgres
     // (no trailer), so nothing partial can commit.
-    let _ = copy.write_all(&checkouts_copy_data(rows));
-    let inserted = copy.finish()?;
-    tx.commit()?;
-    Ok(inserted)
+    let _ = writer.write_all(data);
+    writer.finish()
 }
 
 /// A writer's `users_backlog` row: checkouts from `since_ms` (Unix ms) on

@@ -50,11 +50,30 @@ pub(crate) fn connections_opened() -> u64 {
     CONNECTIONS_OPENED.load(Ordering::SeqCst)
 }
 
+/// Counts a connection opened outside the pool (the writer's checkouts
+/// connection), for `connections_opened`.
+pub(crate) fn connection_opened() {
+    CONNECTIONS_OPENED.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The connection settings of `database_url`, for a connection of its own
+/// (the writer's checkouts connection), with a connect timeout as short as
+/// the writer's wait for a pooled connection (500 ms), so that a Postgres
+/// that does not answer holds the writer no longer than the pool would.
+pub fn connection_config(database_url: &str) -> Result<postgres::Config> {
+    let mut config: postgres::Config = database_url
+        .parse()
+        .map_err(|e| Error::with_cause(ErrorKind::Config, "DATABASE_URL", e))?;
+    config.connect_timeout(std::time::Duration::from_millis(500));
+    Ok(config)
+}
+
 /// Makes every session commit synchronously even when the server's default
 /// is `synchronous_commit = off`: a purchase's outbox entries are deleted
 /// after its commit, and a sale's rows are what purchases reference, so
 /// those commits must survive a Postgres crash. Only the checkout log opts
-/// out, per transaction. A stronger setting (`remote_apply`, ...) is kept.
+/// out, on a connection of its own outside the pool (`batch::CheckoutConn`).
+/// A stronger setting (`remote_apply`, ...) is kept.
 /// Also counts the connection (`connections_opened`).
 #[derive(Debug)]
 struct SessionSetup;
@@ -67,7 +86,7 @@ impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for SessionSet
         &self,
         client: &mut postgres::Client,
     ) -> std::result::Result<(), postgres::Error> {
-        CONNECTIONS_OPENED.fetch_add(1, Ordering::SeqCst);
+        connection_opened();
         client.batch_execute(SYNCHRONOUS_COMMIT_SQL)
     }
 }

@@ -23,8 +23,8 @@ use crate::error::{Error, ErrorKind};
 use crate::metrics::{self, Table};
 
 use super::batch::{
-    BacklogMark, DoubleSale, IdHasher, KnownUsers, UserColumns, catch_up_users, classify,
-    clear_backlog, insert_checkouts, insert_purchases, insert_users, write_bisecting,
+    BacklogMark, CheckoutConn, DoubleSale, IdHasher, KnownUsers, UserColumns, catch_up_users,
+    classify, clear_backlog, insert_checkouts, insert_purchases, insert_users, write_bisecting,
 };
 use super::outbox::{self, DeadReason, OutboxEntry};
 use super::sales::{self, SaleRow};
@@ -52,6 +52,8 @@ pub struct WriterConfig {
     /// A `users_backlog` mark not written for this long belongs to a writer
     /// that is gone: any instance then repairs it.
     pub users_backlog_stale: Duration,
+    /// Where the checkouts connection (outside the pool) connects.
+    pub database: postgres::Config,
 }
 
 /// While Postgres is down the writer holds at most this many batches; past
@@ -228,6 +230,9 @@ struct Writer {
     known_users: KnownUsers,
     /// Users of committed checkout batches, not yet in `users`.
     users: PendingUsers,
+    /// The connection checkout batches go through (opened on first use,
+    /// dropped on any Postgres failure).
+    checkout_conn: Option<CheckoutConn>,
     /// This writer's key in `users_backlog` (random per process).
     writer_id: i64,
     /// When stale backlog marks are next looked for.
@@ -276,6 +281,7 @@ impl Writer {
             closed: false,
             known_users: KnownUsers::new(KNOWN_USERS),
             users: PendingUsers::default(),
+            checkout_conn: None,
             writer_id: rand::RngExt::random::<i64>(&mut rand::rng()),
             // At once: repairs what a killed process left.
             next_catch_up: now,
@@ -458,12 +464,15 @@ impl Writer {
             }
             let n = self.pending.len().min(self.config.batch_rows);
             let started = Instant::now();
-            let mut client = match self.pool.get_timeout(POOL_WAIT) {
-                Ok(client) => client,
-                Err(e) => {
-                    self.pg_failed(Error::from(e), "checkouts batch");
-                    return;
-                }
+            let mut conn = match self.checkout_conn.take() {
+                Some(conn) => conn,
+                None => match CheckoutConn::open(&self.config.database) {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        self.pg_failed(Error::from(e), "checkouts batch");
+                        return;
+                    }
+                },
             };
             self.known_users.check_epoch(super::connections_opened());
             let batch = &self.pending.make_contiguous()[..n];
@@ -483,7 +492,7 @@ impl Writer {
                         .min();
                     let mark = new_since.and_then(|since| users.mark_needed(since, remark_after));
                     rows += insert_checkouts(
-                        &mut client,
+                        &mut conn,
                         part,
                         mark.map(|since_ms| BacklogMark { writer, since_ms }),
                     )?;
@@ -495,7 +504,10 @@ impl Writer {
                 },
                 classify,
             );
-            drop(client);
+            if outcome.error.is_none() {
+                // Kept for the next batch (dropped after an outage).
+                self.checkout_conn = Some(conn);
+            }
             for &i in &outcome.deferred {
                 tracing::warn!(record = ?batch[i], "checkout record refused by Postgres for now; kept and retried");
             }
@@ -697,6 +709,7 @@ impl Writer {
         self.health.set(false);
         // Cheap to rebuild, and a new connection may be to another server.
         self.known_users.forget();
+        self.checkout_conn = None;
         // Another instance may repair (and delete) the backlog mark while
         // this writer cannot reach Postgres: write it again with the next
         // batch.
