@@ -313,3 +313,50 @@ fn users_a_killed_writer_held_are_inserted_by_the_next_instance() {
         server.pg_i64("SELECT count(*) FROM users_backlog", &[]) == 0
     });
 }
+
+/// The writer inserts a second's users by `MERGE` (an anti-join, then plain
+/// inserts). Another transaction inserting one of them meanwhile makes that
+/// a unique violation: the writer retries the batch with `ON CONFLICT DO
+/// NOTHING`, and every user gets its row, none twice.
+#[test]
+fn users_inserted_meanwhile_by_another_transaction_are_not_a_failure() {
+    let mut server =
+        TestServer::start(Opts::default().env("FLASHSALE_WRITER_USERS_FLUSH_MS", "600000"));
+    checkout_crowd(&server, 7_300_001, 200);
+    assert_eq!(users_recorded(&server, 7_300_001, 7_300_201), (200, 0));
+    // Another writer's insert of one of them, not yet committed: the
+    // writer's MERGE does not see it and waits on its key.
+    let mut other = server.pg();
+    let mut tx = other.transaction().expect("BEGIN");
+    tx.execute(
+        "INSERT INTO users (id, first_seen_at) VALUES (7300100, now())",
+        &[],
+    )
+    .expect("insert one of the crowd's users");
+    // A clean shutdown commits the users the writer holds.
+    common::services::signal(server.pid(), common::services::SIGTERM);
+    std::thread::sleep(Duration::from_secs(1));
+    tx.commit().expect("COMMIT");
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the server exits within 30 s of SIGTERM");
+    assert!(status.success(), "{status}");
+    let log = server.log_tail(200);
+    assert!(
+        log.contains("retried with ON CONFLICT"),
+        "the MERGE did not meet the other insert:\n{log}"
+    );
+    let (users, first_time_right) = users_recorded(&server, 7_300_001, 7_300_201);
+    assert_eq!(users, 200);
+    assert_eq!(
+        first_time_right, 199,
+        "every user but the one inserted meanwhile has its first checkout's time"
+    );
+    assert_eq!(
+        server.pg_i64(
+            "SELECT count(*) FROM users WHERE id >= 7300001 AND id < 7300201",
+            &[]
+        ),
+        200
+    );
+}

@@ -24,6 +24,19 @@ const USERS_SQL: &str = "INSERT INTO users (id, first_seen_at)
      SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[])
      ON CONFLICT (id) DO NOTHING";
 
+/// A second's new users at once: an anti-join (one index probe per user)
+/// and plain inserts, cheaper than `USERS_SQL`'s speculative insertion per
+/// row. Another instance may insert one of them meanwhile: that is a unique
+/// violation, and the batch is retried with `USERS_SQL`.
+const USERS_MERGE_SQL: &str = "MERGE INTO users u
+     USING UNNEST($1::bigint[], $2::timestamptz[]) AS n (id, first_seen_at)
+     ON u.id = n.id
+     WHEN NOT MATCHED THEN INSERT (id, first_seen_at) VALUES (n.id, n.first_seen_at)";
+
+/// For `USERS_MERGE_SQL`: a probe of the primary key per user, never a scan
+/// of `users` (a hash or merge join reads the whole table, which grows).
+const USERS_MERGE_PLAN: &str = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
 /// The writer's backlog mark: checkouts from `since` on may name users that
 /// `users` does not have yet. Written with the checkout batch it covers.
 const BACKLOG_MARK_SQL: &str = "INSERT INTO users_backlog (writer, since) VALUES ($1, $2)
@@ -431,13 +444,42 @@ pub(crate) struct BacklogMark {
 /// Users collected from committed checkout batches, in one transaction that
 /// commits synchronously (the session's default): once it returns they
 /// survive a Postgres crash, and so do the checkout batches committed before
-/// them (their WAL comes first). Returns the rows inserted.
+/// them (their WAL comes first). By `MERGE` (`USERS_MERGE_SQL`), or, when
+/// another transaction inserted one of the users meanwhile, by `INSERT … ON
+/// CONFLICT DO NOTHING`. Returns the rows inserted.
 pub(crate) fn insert_users(
     client: &mut Client,
     users: &UserColumns,
 ) -> Result<u64, postgres::Error> {
+    if users.ids.is_empty() {
+        return Ok(0);
+    }
+    match insert_users_by(client, users, true) {
+        Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            tracing::info!(error = %e, "users MERGE met a concurrent insert; retried with ON CONFLICT");
+            insert_users_by(client, users, false)
+        }
+        other => other,
+    }
+}
+
+fn insert_users_by(
+    client: &mut Client,
+    users: &UserColumns,
+    merge: bool,
+) -> Result<u64, postgres::Error> {
     let mut tx = client.transaction()?;
-    let inserted = users.insert(&mut tx)?;
+    let inserted = if merge {
+        let first_seen: Vec<SystemTime> = users
+            .first_seen_ms
+            .iter()
+            .map(|&ms| timestamp(ms))
+            .collect();
+        tx.batch_execute(USERS_MERGE_PLAN)?;
+        tx.execute(USERS_MERGE_SQL, &[&users.ids, &first_seen])?
+    } else {
+        users.insert(&mut tx)?
+    };
     tx.commit()?;
     Ok(inserted)
 }
