@@ -10,7 +10,8 @@ pub struct InvalidParams(pub &'static str);
 /// The named parameters of a query string, each at most once. Reads the
 /// string afresh for each parameter asked for instead of collecting the
 /// pairs, so a request's parameters cost no allocation (a value is copied
-/// only when it is percent-encoded).
+/// only when it is percent-encoded), and a query without '%' or '+' is only
+/// split, not decoded.
 pub struct Query<'a> {
     query: &'a str,
 }
@@ -20,8 +21,14 @@ impl<'a> Query<'a> {
         Query { query }
     }
 
-    fn pairs(&self) -> form_urlencoded::Parse<'a> {
-        form_urlencoded::parse(self.query.as_bytes())
+    fn pairs(&self) -> Pairs<'a> {
+        // Without '%' or '+' decoding changes nothing, so the pairs are
+        // slices of the query (the usual case: ids and codes).
+        if self.query.contains(['%', '+']) {
+            Pairs::Encoded(form_urlencoded::parse(self.query.as_bytes()))
+        } else {
+            Pairs::Plain(self.query.split('&'))
+        }
     }
 
     /// Whether any of `names` is given (once or more).
@@ -79,6 +86,28 @@ impl<'a> Query<'a> {
         message: &'static str,
     ) -> Result<Cow<'a, str>, InvalidParams> {
         self.get(name)?.ok_or(InvalidParams(message))
+    }
+}
+
+/// The `name=value` pairs of a query, as `form_urlencoded::parse` reads
+/// them (empty pairs skipped, a pair without '=' has an empty value).
+enum Pairs<'a> {
+    Plain(std::str::Split<'a, char>),
+    Encoded(form_urlencoded::Parse<'a>),
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (Cow<'a, str>, Cow<'a, str>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Pairs::Plain(parts) => {
+                let pair = parts.find(|p| !p.is_empty())?;
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                Some((Cow::Borrowed(name), Cow::Borrowed(value)))
+            }
+            Pairs::Encoded(parse) => parse.next(),
+        }
     }
 }
 
@@ -193,6 +222,11 @@ mod fuzz {
 
     fn check(q: &str) -> Result<(), TestCaseError> {
         let query = Query::parse(q);
+        // The plain path reads exactly the pairs form_urlencoded reads.
+        prop_assert_eq!(
+            query.pairs().collect::<Vec<_>>(),
+            form_urlencoded::parse(q.as_bytes()).collect::<Vec<_>>()
+        );
         for name in NAMES {
             if let Ok(id) = query.positive_id(name, "bad") {
                 prop_assert!(id > 0);
