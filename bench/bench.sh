@@ -179,7 +179,8 @@ if [[ $SETUP == 1 ]]; then
     log "services already up (Redis :$REDIS_PORT, Postgres :$PG_PORT); they stay up afterwards"
   else
     log "services: scripts/services.sh start (Redis :$REDIS_PORT, Postgres :$PG_PORT)"
-    REDIS_PORT=$REDIS_PORT PG_PORT=$PG_PORT bash scripts/services.sh start >/dev/null
+    REDIS_PORT=$REDIS_PORT PG_PORT=$PG_PORT bash scripts/services.sh start >/dev/null ||
+      die "scripts/services.sh start failed (above); to bench against services this checkout did not start, run with SETUP=0"
     SERVICES_STARTED=1
   fi
   if [[ -f $HOME/.cargo/env ]] && ! command -v cargo >/dev/null 2>&1; then

@@ -218,9 +218,12 @@ redis_start() {
       log "redis already running on 127.0.0.1:$REDIS_PORT"
       return 0
     fi
-    log "WARNING: a foreign redis answers on port $REDIS_PORT; shutting it down so ours owns the port"
-    rcli shutdown nosave >/dev/null 2>&1 || true
-    wait_port_free_redis
+    # Debian's own instance was stopped above; anything else on the port is
+    # somebody's data (another checkout's services, a developer's Redis): never
+    # shut it down, refuse like Postgres and the cluster nodes do.
+    local dir
+    dir="$(rcli --raw config get dir 2>/dev/null | sed -n 2p || true)"
+    die "port $REDIS_PORT is taken by a redis that is not ours (dir ${dir:-unknown}, ours is $REDIS_DIR); stop it or set REDIS_PORT"
   fi
   write_redis_conf
   log "starting redis on 127.0.0.1:$REDIS_PORT (dir $REDIS_DIR)"
@@ -239,15 +242,6 @@ redis_start() {
   done
   tail -n 20 "$REDIS_LOG" >&2 || true
   die "redis did not answer PING within ${WAIT_SECS}s"
-}
-
-wait_port_free_redis() {
-  local i
-  for ((i = 0; i < 100; i++)); do
-    redis_answers || return 0
-    sleep 0.1
-  done
-  die "port $REDIS_PORT is still taken by another redis"
 }
 
 redis_stop() {
