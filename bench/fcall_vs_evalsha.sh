@@ -41,6 +41,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 ROUNDS=${ROUNDS:-6}
 PIPELINES=${PIPELINES:-16 1}
@@ -66,53 +68,21 @@ for tool in redis-server redis-cli redis-benchmark python3; do
   command -v "$tool" >/dev/null || die "$tool is missing (scripts/services.sh install puts Redis in place)"
 done
 
-listening() { ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
-if [[ -z ${REDIS_PORT:-} ]]; then
-  for ((REDIS_PORT = 6390; REDIS_PORT < 6999; REDIS_PORT++)); do
-    [[ $REDIS_PORT == 6379 ]] && continue
-    listening "$REDIS_PORT" || break
-  done
-fi
-listening "$REDIS_PORT" && die "port $REDIS_PORT is taken"
+REDIS_PORT=${REDIS_PORT:-$(free_redis_port)} || die "no free port from 6390 up"
+port_listening "$REDIS_PORT" && die "port $REDIS_PORT is taken"
 
 WORK="$(mktemp -d /tmp/fcall-vs-evalsha.XXXXXX)"
 REDIS_PID=""
 cleanup() {
-  if [[ -n $REDIS_PID ]]; then
-    kill "$REDIS_PID" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-      kill -0 "$REDIS_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-  fi
+  stop_process "$REDIS_PID"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- the private redis-server -------------------------------------------------
-{
-  echo "port $REDIS_PORT"
-  echo "bind 127.0.0.1"
-  echo "dir $WORK"
-  echo "save \"\""
-  if [[ $AOF == 1 ]]; then
-    echo "appendonly yes"
-    echo "appendfsync everysec"
-    echo "auto-aof-rewrite-min-size 1gb"
-  else
-    echo "appendonly no"
-  fi
-  echo "lazyfree-lazy-expire yes"
-} >"$WORK/redis.conf"
-redis-server "$WORK/redis.conf" >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
+private_redis_start "$WORK" "$REDIS_PORT" "$AOF" || die "no private redis-server"
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
-for ((i = 0; i < 100; i++)); do
-  [[ $(rcli ping 2>/dev/null) == PONG ]] && break
-  kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited; $(tail -n 5 "$WORK/redis.log")"
-  sleep 0.1
-done
 log "private $(redis-server --version | cut -d' ' -f3) on port $REDIS_PORT (pid $REDIS_PID), AOF=$AOF"
 
 # --- the scripts, both ways ---------------------------------------------------
@@ -209,7 +179,6 @@ record() { echo "$*" >>"$RESULTS"; }
 # Redis's CPU time (user + system, all its threads, from /proc), in clock
 # ticks: per call, what a run cost Redis whatever else ran on the machine.
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
-redis_ticks() { awk '{ print $14 + $15 }' "/proc/$REDIS_PID/stat"; }
 
 # Redis's own time per call of the script command (INFO commandstats, since
 # the last CONFIG RESETSTAT): the time inside Redis, which the load
@@ -220,7 +189,7 @@ usec_per_call() {
 }
 
 cpu_per_call() { # ticks_before calls
-  awk -v t=$(($(redis_ticks) - $1)) -v us="$TICK_US" -v n="$2" 'BEGIN { printf "%.2f", t * us / n }'
+  awk -v t=$(($(cpu_ticks "$REDIS_PID") - $1)) -v us="$TICK_US" -v n="$2" 'BEGIN { printf "%.2f", t * us / n }'
 }
 
 bench_run() { # round leg pipeline side
@@ -241,7 +210,7 @@ bench_run() { # round leg pipeline side
       local r=1000000000
       [[ $leg == lookup ]] && r=$CODES
       rcli config resetstat >/dev/null
-      ticks=$(redis_ticks)
+      ticks=$(cpu_ticks "$REDIS_PID")
       csv="$(redis-benchmark -p "$REDIS_PORT" -c "$CLIENTS" -n "$n" -r "$r" -P "$p" --precision 3 --csv \
         "${c[@]}" "${args[@]}" 2>&1 | tail -n1)"
       rps="$(echo "$csv" | awk -F'","' '{print $2}')"
@@ -262,7 +231,7 @@ bench_run() { # round leg pipeline side
       fresh_sale 1
       if [[ $leg == replay ]]; then pipe "$WORK/purchases.$side.resp"; fi
       rcli config resetstat >/dev/null
-      ticks=$(redis_ticks)
+      ticks=$(cpu_ticks "$REDIS_PID")
       t0="$(date +%s%N)"
       pipe "$WORK/purchases.$side.resp"
       t1="$(date +%s%N)"

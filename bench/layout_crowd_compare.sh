@@ -21,6 +21,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 REF_BIN=${REF_BIN:?set REF_BIN to the reference build}
 CUR_BIN=${CUR_BIN:-target/release/flashsale}
@@ -41,58 +43,27 @@ die() {
 for tool in redis-server redis-cli wrk psql curl; do
   command -v "$tool" >/dev/null || die "$tool is missing (scripts/bench-tools.sh installs wrk)"
 done
-listening() { ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
-if [[ -z ${REDIS_PORT:-} ]]; then
-  for ((REDIS_PORT = 6390; REDIS_PORT < 6999; REDIS_PORT++)); do
-    [[ $REDIS_PORT == 6379 ]] && continue
-    listening "$REDIS_PORT" || break
-  done
-fi
-listening "$REDIS_PORT" && die "port $REDIS_PORT is taken"
-listening "$BENCH_PORT" && die "port $BENCH_PORT is taken"
+REDIS_PORT=${REDIS_PORT:-$(free_redis_port)} || die "no free port from 6390 up"
+port_listening "$REDIS_PORT" && die "port $REDIS_PORT is taken"
+port_listening "$BENCH_PORT" && die "port $BENCH_PORT is taken"
 
 WORK="$(mktemp -d /tmp/layout-crowd.XXXXXX)"
 REDIS_PID=""
 SERVER_PID=""
 PG_DB=""
-stop() { # pid
-  [[ -n $1 ]] || return 0
-  kill "$1" 2>/dev/null || true
-  for ((i = 0; i < 200; i++)); do
-    kill -0 "$1" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  kill -9 "$1" 2>/dev/null || true
-}
 psql_() { PGOPTIONS='-c client_min_messages=warning' psql -X -q -v ON_ERROR_STOP=1 "$PG_ADMIN_URL/postgres" "$@"; }
 cleanup() {
-  stop "$SERVER_PID"
-  stop "$REDIS_PID"
+  stop_process "$SERVER_PID"
+  stop_process "$REDIS_PID"
   [[ -n $PG_DB ]] && psql_ -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cat >"$WORK/redis.conf" <<EOF
-port $REDIS_PORT
-bind 127.0.0.1
-dir $WORK
-save ""
-appendonly yes
-appendfsync everysec
-auto-aof-rewrite-min-size 1gb
-lazyfree-lazy-expire yes
-EOF
-redis-server "$WORK/redis.conf" >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
-for ((i = 0; i < 100; i++)); do
-  [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] && break
-  sleep 0.1
-done
+private_redis_start "$WORK" "$REDIS_PORT" || die "no private redis-server"
 log "private redis on $REDIS_PORT (pid $REDIS_PID); ref $REF_BIN, cur $CUR_BIN"
 
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 checkouts() {
   curl -fsS "http://127.0.0.1:$BENCH_PORT/metrics" |
     { grep -E '^flashsale_requests_total\{route="checkout"' || true; } | awk '{ s += $NF } END { printf "%.0f\n", s }'
@@ -132,17 +103,17 @@ run() { # round side bin db
   done
   sale="$(echo "$active" | sed -n 's/.*"sale_id":\([0-9]*\).*/\1/p')"
   items="$(echo "$active" | sed -n 's/.*"items_total":\([0-9]*\).*/\1/p')"
-  r0=$(ticks "$REDIS_PID")
-  s0=$(ticks "$SERVER_PID")
+  r0=$(cpu_ticks "$REDIS_PID")
+  s0=$(cpu_ticks "$SERVER_PID")
   c0=$(checkouts)
   secs=$(date +%s%N)
   SALE_ID=$sale ITEMS=$items USERS=$USERS wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s bench/checkout.lua \
     "http://127.0.0.1:$BENCH_PORT" >"$WORK/wrk-$side-$round.txt" 2>&1
   c1=$(checkouts)
-  r1=$(ticks "$REDIS_PID")
-  s1=$(ticks "$SERVER_PID")
+  r1=$(cpu_ticks "$REDIS_PID")
+  s1=$(cpu_ticks "$SERVER_PID")
   secs=$((($(date +%s%N) - secs) / 1000000))
-  stop "$SERVER_PID"
+  stop_process "$SERVER_PID"
   SERVER_PID=""
   psql_ -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
   PG_DB=""

@@ -33,6 +33,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 ROUNDS=${ROUNDS:-6}
 REQUESTS=${REQUESTS:-20000}
@@ -60,48 +62,20 @@ if [[ -z ${REF:-} ]]; then
 fi
 REF_SHORT="$(git rev-parse --short "$REF")"
 
-listening() { ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
-if [[ -z ${REDIS_PORT:-} ]]; then
-  for ((REDIS_PORT = 6390; REDIS_PORT < 6999; REDIS_PORT++)); do
-    [[ $REDIS_PORT == 6379 ]] && continue
-    listening "$REDIS_PORT" || break
-  done
-fi
-listening "$REDIS_PORT" && die "port $REDIS_PORT is taken"
+REDIS_PORT=${REDIS_PORT:-$(free_redis_port)} || die "no free port from 6390 up"
+port_listening "$REDIS_PORT" && die "port $REDIS_PORT is taken"
 
 WORK="$(mktemp -d /tmp/redis-layout-compare.XXXXXX)"
 REDIS_PID=""
 cleanup() {
-  if [[ -n $REDIS_PID ]]; then
-    kill "$REDIS_PID" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-      kill -0 "$REDIS_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-  fi
+  stop_process "$REDIS_PID"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cat >"$WORK/redis.conf" <<EOF
-port $REDIS_PORT
-bind 127.0.0.1
-dir $WORK
-save ""
-appendonly yes
-appendfsync everysec
-auto-aof-rewrite-min-size 1gb
-lazyfree-lazy-expire yes
-EOF
-redis-server "$WORK/redis.conf" >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
+private_redis_start "$WORK" "$REDIS_PORT" || die "no private redis-server"
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
-for ((i = 0; i < 100; i++)); do
-  [[ $(rcli ping 2>/dev/null) == PONG ]] && break
-  kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited; $(tail -n 5 "$WORK/redis.log")"
-  sleep 0.1
-done
 log "private $(redis-server --version | cut -d' ' -f3) on port $REDIS_PORT (pid $REDIS_PID); old scripts from $REF_SHORT"
 
 for s in checkout init_sale; do
@@ -173,7 +147,6 @@ printf '  new -> %s\n' "$(rcli evalsha "${SHA[new_checkout]}" 3 "$TAG:meta" "$TA
 echo
 
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
-redis_ticks() { awk '{ print $14 + $15 }' "/proc/$REDIS_PID/stat"; }
 aof_size() { rcli info persistence | tr -d '\r' | sed -n 's/^aof_current_size://p'; }
 script_calls() { # commands run by scripts since the last RESETSTAT
   rcli info commandstats | tr -d '\r' | grep '^cmdstat_' | grep -v '^cmdstat_evalsha:' |
@@ -189,9 +162,9 @@ run() { # round side
   local -n cmd="${side}_cmd"
   aof0=$(aof_size)
   rcli config resetstat >/dev/null
-  ticks=$(redis_ticks)
+  ticks=$(cpu_ticks "$REDIS_PID")
   csv="$(redis-benchmark -p "$REDIS_PORT" -c "$CLIENTS" -n "$REQUESTS" -r 1000 -P 1 --csv "${cmd[@]}" 2>&1 | tail -n1)"
-  cpu=$(($(redis_ticks) - ticks))
+  cpu=$(($(cpu_ticks "$REDIS_PID") - ticks))
   calls=$(script_calls)
   sleep 1.2 # the AOF's everysec write
   aof=$(($(aof_size) - aof0))

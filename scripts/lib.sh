@@ -32,3 +32,26 @@ apt_install() {
   if [[ $rc -ne 0 ]]; then log "apt-get install $* failed"; fi
   return "$rc"
 }
+
+# redis_tuning_conf: the limits, durability and memory settings of every Redis
+# the project starts (scripts/services.sh: the single node and the cluster nodes;
+# bench/lib.sh: the bench scripts' private instances), as redis.conf lines.
+redis_tuning_conf() {
+  cat <<'EOF'
+maxclients 10000
+tcp-backlog 511
+# durability: AOF only, fsync once a second (a crash loses at most ~1 s of writes)
+save ""
+appendonly yes
+appendfsync everysec
+appendfilename "appendonly.aof"
+# AOF rewrites fork and copy the whole dataset: past 64 MB (the default) a
+# checkout crowd (~150 bytes of AOF per checkout) triggers one every few
+# seconds, each costing CPU beside the crowd; rewrite once the log has doubled
+# and passed 1 GB instead.
+auto-aof-rewrite-percentage 100
+auto-aof-rewrite-min-size 1gb
+# Keys of a sale expire together; free them on a background thread.
+lazyfree-lazy-expire yes
+EOF
+}

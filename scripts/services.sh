@@ -171,28 +171,6 @@ stop_system_redis() {
   fi
 }
 
-# Limits, durability and memory settings shared by the single node and the
-# cluster nodes.
-redis_tuning_conf() {
-  cat <<'EOF'
-maxclients 10000
-tcp-backlog 511
-# durability: AOF only, fsync once a second (a crash loses at most ~1 s of writes)
-save ""
-appendonly yes
-appendfsync everysec
-appendfilename "appendonly.aof"
-# AOF rewrites fork and copy the whole dataset: past 64 MB (the default) a
-# checkout crowd (~150 bytes of AOF per checkout) triggers one every few
-# seconds, each costing CPU beside the crowd; rewrite once the log has doubled
-# and passed 1 GB instead.
-auto-aof-rewrite-percentage 100
-auto-aof-rewrite-min-size 1gb
-# Keys of a sale expire together; free them on a background thread.
-lazyfree-lazy-expire yes
-EOF
-}
-
 write_redis_conf() {
   mkdir -p "$REDIS_DIR"
   cat >"$REDIS_CONF.tmp" <<EOF
