@@ -118,11 +118,12 @@ run() { # round side bin db
   psql_ -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
   PG_DB=""
   redis-cli -p "$REDIS_PORT" -n "$db" flushdb >/dev/null
+  non2xx="$(sed -n 's/.*Non-2xx or 3xx responses: *\([0-9]*\).*/\1/p' "$WORK/wrk-$side-$round.txt")"
   awk -v r="$round" -v s="$side" -v n=$((c1 - c0)) -v ms="$secs" -v rt=$((r1 - r0)) -v st=$((s1 - s0)) \
-    -v us=$((1000000 / $(getconf CLK_TCK))) 'BEGIN {
+    -v us=$((1000000 / $(getconf CLK_TCK))) -v bad="${non2xx:-0}" 'BEGIN {
       printf "%s %s %.0f %.2f %.2f\n", r, s, n / (ms / 1000), rt * us / n, st * us / n >> "'"$RESULTS"'"
-      printf "  r%-2s %-3s %8.0f checkouts/s  Redis %6.2f us CPU/checkout  server %6.2f us CPU/checkout (%d checkouts)\n",
-        r, s, n / (ms / 1000), rt * us / n, st * us / n, n
+      printf "  r%-2s %-3s %8.0f checkouts/s  Redis %6.2f us CPU/checkout  server %6.2f us CPU/checkout (%d checkouts, %d not 2xx)\n",
+        r, s, n / (ms / 1000), rt * us / n, st * us / n, n, bad
     }'
 }
 

@@ -146,3 +146,71 @@ fn batched_calls_are_decided_one_by_one() {
     assert_eq!(rig.server().active_sale().items_sold, 1 + LIMIT as i64);
     rig.assert_consistent(sale.id);
 }
+
+/// A batch reads its items' sold bits and its users' entries once, and
+/// writes once: an item another instance sold (this server's sold map does
+/// not know it) is still refused inside the batch, a user's second call sees
+/// the first, and a users hash that was lost comes back with `_` and its
+/// expiry.
+#[test]
+fn a_batch_sees_bits_sold_elsewhere_and_restores_a_lost_users_hash() {
+    let rig = Rig::start(
+        ServerConfig::new(50, LIMIT as u32)
+            .env("FLASHSALE_CORES", "1")
+            .env("FLASHSALE_REDIS_BATCHES_IN_FLIGHT", "1")
+            .env("FLASHSALE_REDIS_TIMEOUT_MS", "20000"),
+    );
+    let sale = rig.server().active_sale();
+    let keys = flashsale::redis_client::keys::Keys::new("").unwrap();
+    let mut redis = redis_connect(&rig.redis.url());
+    let users = keys.users(sale.id);
+    let _: i64 = redis::cmd("SETBIT")
+        .arg(keys.sold(sale.id))
+        .arg(6)
+        .arg(1)
+        .query(&mut redis)
+        .unwrap();
+    let _: i64 = redis::cmd("UNLINK").arg(&users).query(&mut redis).unwrap();
+
+    let requests = vec![
+        ("POST", checkout_path(1, sale.item(1))),
+        ("POST", checkout_path(2, sale.item(7))),
+        ("POST", checkout_path(1, sale.item(2))),
+        ("POST", checkout_path(3, sale.item(7))),
+        ("POST", checkout_path(1, sale.item(1))),
+        ("POST", checkout_path(4, sale.item(3))),
+    ];
+    let answers = while_redis_frozen(&rig, requests);
+    assert!(
+        batches_larger_than(&rig, "checkout", 4) >= 1.0,
+        "the queued checkouts went out in one batch"
+    );
+    answers[0].assert_status(200);
+    assert_eq!(answers[0].ids("items"), vec![sale.item(1)]);
+    answers[1].assert_error(409, "item_sold");
+    answers[2].assert_status(200);
+    assert_eq!(answers[2].str("code"), answers[0].str("code"));
+    assert_eq!(answers[2].ids("items"), vec![sale.item(1), sale.item(2)]);
+    answers[3].assert_error(409, "item_sold");
+    answers[4].assert_status(200);
+    assert_eq!(answers[4].str("code"), answers[0].str("code"));
+    assert_eq!(answers[4].ids("items"), vec![sale.item(1), sale.item(2)]);
+    answers[5].assert_status(200);
+    assert_eq!(answers[5].ids("items"), vec![sale.item(3)]);
+
+    let expire_at: String = redis::cmd("HGET")
+        .arg(keys.meta(sale.id))
+        .arg("expire_at")
+        .query(&mut redis)
+        .unwrap();
+    let underscore: Option<String> = redis::cmd("HGET")
+        .arg(&users)
+        .arg("_")
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(underscore.as_deref(), Some(expire_at.as_str()));
+    let ttl: i64 = redis::cmd("PTTL").arg(&users).query(&mut redis).unwrap();
+    assert!(ttl > 0, "the users hash has its expiry again: {ttl}");
+    let entries: i64 = redis::cmd("HLEN").arg(&users).query(&mut redis).unwrap();
+    assert_eq!(entries, 2 + 1, "users 1 and 4, and _");
+}

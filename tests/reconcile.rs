@@ -249,20 +249,21 @@ impl ClusterSale {
     /// its outcome and code.
     fn checkout_code(&mut self, fence: &str, user: i64, n: u32) -> (String, String) {
         let code = new_code(self.id, user);
-        let replies: Vec<Vec<String>> = redis::cmd("EVAL")
+        let reply: String = redis::cmd("EVAL")
             .arg(CHECKOUT)
             .arg(3)
             .arg(self.keys.meta(self.id))
             .arg(self.keys.sold(self.id))
             .arg(self.keys.users(self.id))
-            .arg(self.id * flashsale::sale::ITEM_ID_STRIDE)
             .arg(fence)
             .arg(user)
-            .arg(n)
+            .arg(n - 1)
+            .arg(flashsale::sale::item_id(self.id, n))
             .arg(code)
             .query(&mut self.redis)
             .expect("checkout.lua");
-        (replies[0][0].clone(), replies[0][1].clone())
+        let fields: Vec<&str> = reply.split(' ').collect();
+        (fields[0].to_owned(), fields[1].to_owned())
     }
 
     /// checkout.lua for one call (user, item number) sent with `fence`.

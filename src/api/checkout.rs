@@ -12,7 +12,7 @@ use crate::redis_client::batch::BatchCall;
 use crate::redis_client::keys::Keys;
 use crate::redis_client::scripts::{Script, Scripts};
 use crate::sale::code::{Code, new_code};
-use crate::sale::{CheckoutOutcome, ITEM_ID_STRIDE, SaleInfo};
+use crate::sale::{CheckoutOutcome, SaleInfo};
 use crate::store::{CheckoutRecord, Record};
 
 /// One checkout for checkout.lua; the layout of KEYS and ARGV is at the top
@@ -21,12 +21,14 @@ pub(super) struct CheckoutCall {
     sale_id: i64,
     user_id: i64,
     item_number: u32,
+    item_id: i64,
     fresh_code: Code,
 }
 
 impl BatchCall for CheckoutCall {
     const KEYS_PER_CALL: usize = 0;
     const SHARED_KEYS: usize = 3;
+    const LINE_REPLY: bool = true;
 
     fn script(scripts: &Scripts) -> &Script {
         &scripts.checkout
@@ -43,14 +45,17 @@ impl BatchCall for CheckoutCall {
     }
 
     fn shared_args(&self, _keys: &Keys, fence: &str, cmd: &mut redis::Cmd) {
-        cmd.arg(self.sale_id * ITEM_ID_STRIDE).arg(fence);
+        cmd.arg(fence);
     }
 
     fn keys(&self, _keys: &Keys, _cmd: &mut redis::Cmd) {}
 
     fn args(&self, cmd: &mut redis::Cmd) {
+        // The item's bit in the sold bitmap and its id, as text the script
+        // uses as is.
         cmd.arg(self.user_id)
-            .arg(self.item_number)
+            .arg(self.item_number - 1)
+            .arg(self.item_id)
             .arg(self.fresh_code);
     }
 }
@@ -105,6 +110,7 @@ impl Api {
                     sale_id: sale.id,
                     user_id,
                     item_number: n,
+                    item_id,
                     fresh_code: new_code(sale.id, user_id),
                 })
                 .await

@@ -9,7 +9,8 @@
 //! leave together with the next one. The script sees the calls in order and
 //! decides each as if it had run alone: the batch is only a transport.
 //!
-//! The batch's reply (an array with one reply per call) is not parsed into a
+//! The batch's reply (an array with one reply per call, or one string with a
+//! line per call: `BatchCall::LINE_REPLY`) is not parsed into a
 //! `redis::Value` tree: each caller gets the frame and where its own reply
 //! lies in it (`CallReply`), and reads its fields from the bytes. Callers
 //! wait in reusable reply slots (`reply_slots`), so a call allocates nothing.
@@ -26,7 +27,7 @@ use redis::Cmd;
 use super::RedisClient;
 use super::keys::Keys;
 use super::reply_slots::ReplySlots;
-use super::resp::{self, Frame};
+use super::resp::{self, Elements, Frame, Lines};
 use super::scripts::{Script, Scripts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
@@ -54,6 +55,10 @@ pub trait BatchCall: 'static {
     fn shared_args(&self, keys: &Keys, fence: &str, cmd: &mut Cmd);
     fn keys(&self, keys: &Keys, cmd: &mut Cmd);
     fn args(&self, cmd: &mut Cmd);
+    /// Whether the script answers one bulk string with a line of
+    /// space-separated fields per call (`\n` between lines) instead of an
+    /// array with one reply per call.
+    const LINE_REPLY: bool = false;
     /// Whether this reply may be answered only once replicas confirmed the
     /// batch's writes (when the batcher waits for replicas at all).
     fn needs_replicas(_reply: &CallReply) -> bool {
@@ -96,6 +101,8 @@ type Queued<C> = (C, usize, Instant);
 pub struct CallReply {
     frame: Frame,
     range: Range<usize>,
+    /// A line of space-separated fields, not an array frame.
+    line: bool,
 }
 
 impl CallReply {
@@ -104,10 +111,15 @@ impl CallReply {
         &self.frame.bytes()[self.range.clone()]
     }
 
-    /// The reply read as an array of strings into `out` (see `resp::texts`):
-    /// how many there were, `None` for another shape or more than `out` holds.
+    /// The reply's strings (an array's, or a line's fields) read into `out`
+    /// (see `resp::texts`, `resp::fields`): how many there were, `None` for
+    /// another shape or more than `out` holds.
     pub fn texts<'a>(&'a self, out: &mut [&'a str]) -> Option<usize> {
-        resp::texts(self.bytes(), out)
+        if self.line {
+            resp::fields(self.bytes(), out)
+        } else {
+            resp::texts(self.bytes(), out)
+        }
     }
 }
 
@@ -255,7 +267,14 @@ async fn run_batch<C: BatchCall>(inner: Rc<Inner<C>>, batch: Vec<Queued<C>>) {
     };
     inner.observer.batch_answered(script.name, sent.elapsed());
     let elements = match &result {
-        Ok(frame) => frame.elements().filter(|e| e.len() == batch.len()),
+        Ok(frame) if C::LINE_REPLY => frame
+            .lines()
+            .filter(|e| e.len() == batch.len())
+            .map(Parts::Lines),
+        Ok(frame) => frame
+            .elements()
+            .filter(|e| e.len() == batch.len())
+            .map(Parts::Elements),
         Err(_) => None,
     };
     match (&result, elements) {
@@ -268,6 +287,7 @@ async fn run_batch<C: BatchCall>(inner: Rc<Inner<C>>, batch: Vec<Queued<C>>) {
             let mut replies = elements.map(|range| CallReply {
                 frame: frame.clone(),
                 range,
+                line: C::LINE_REPLY,
             });
             for (_, slot, _) in batch {
                 // The reader measured the whole frame, so every element is there.
@@ -325,4 +345,21 @@ async fn run_batch<C: BatchCall>(inner: Rc<Inner<C>>, batch: Vec<Queued<C>>) {
     }
     inner.in_flight.set(inner.in_flight.get() - 1);
     inner.batch_done.set();
+}
+
+/// Where each call's reply lies in a batch's frame.
+enum Parts<'a> {
+    Elements(Elements<'a>),
+    Lines(Lines<'a>),
+}
+
+impl Iterator for Parts<'_> {
+    type Item = Range<usize>;
+
+    fn next(&mut self) -> Option<Range<usize>> {
+        match self {
+            Parts::Elements(e) => e.next(),
+            Parts::Lines(l) => l.next(),
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! RESP framing: finds where one complete reply ends in a byte buffer, so the
-//! reader can hand whole frames (`Frame`) to their callers, and reads the one
-//! shape the scripts answer (an array of arrays of strings) straight from a
-//! frame's bytes, without building a `redis::Value` tree; anything else is
-//! parsed by the redis crate (`Frame::value`). Pure, no IO.
+//! reader can hand whole frames (`Frame`) to their callers, and reads the two
+//! shapes the scripts answer (an array of arrays of strings, or one string
+//! of lines of space-separated fields) straight from a frame's bytes, without
+//! building a `redis::Value` tree; anything else is parsed by the redis crate
+//! (`Frame::value`). Pure, no IO.
 
 use std::ops::Range;
 use std::rc::Rc;
@@ -43,6 +44,75 @@ impl Frame {
             left: n as usize,
         })
     }
+}
+
+impl Frame {
+    /// Where each line (`\n`-separated) of a bulk string reply lies in the
+    /// frame, if it is a bulk string.
+    pub fn lines(&self) -> Option<Lines<'_>> {
+        let (kind, n, pos) = header(&self.0, 0)?;
+        if kind != b'$' || n < 0 {
+            return None;
+        }
+        let text = self.0.get(pos..pos.checked_add(n as usize)?)?;
+        Some(Lines {
+            left: text.iter().filter(|&&b| b == b'\n').count() + 1,
+            text,
+            start: pos,
+        })
+    }
+}
+
+/// The lines of a bulk string frame, each as its range in the frame.
+pub struct Lines<'a> {
+    text: &'a [u8],
+    /// Where `text` starts in the frame.
+    start: usize,
+    left: usize,
+}
+
+impl Lines<'_> {
+    pub fn len(&self) -> usize {
+        self.left
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+}
+
+impl Iterator for Lines<'_> {
+    type Item = Range<usize>;
+
+    fn next(&mut self) -> Option<Range<usize>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let len = self
+            .text
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap_or(self.text.len());
+        let line = self.start..self.start + len;
+        let skip = (len + 1).min(self.text.len());
+        self.text = &self.text[skip..];
+        self.start += skip;
+        Some(line)
+    }
+}
+
+/// Reads a line of space-separated fields into `out`, each as text; returns
+/// how many there were. `None` for text that is not UTF-8 or more fields
+/// than `out` holds.
+pub fn fields<'a>(line: &'a [u8], out: &mut [&'a str]) -> Option<usize> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut n = 0;
+    for field in text.split(' ') {
+        *out.get_mut(n)? = field;
+        n += 1;
+    }
+    Some(n)
 }
 
 /// The elements of an array frame, each as the range of its own frame.
@@ -244,6 +314,42 @@ mod tests {
         assert_eq!(texts(b"*1\r\n$2\r\n\xff\xfe\r\n", &mut out), None);
         assert!(Frame::new(b"-NOSCRIPT x\r\n").is_error());
         assert!(Frame::new(b":1\r\n").elements().is_none());
+    }
+
+    #[test]
+    fn line_replies_read_in_place() {
+        let bytes = b"$34\r\nok 1-2-ab 7,8\nsold  \nlimit 1-3-cd \r\n";
+        let frame = Frame::new(bytes);
+        assert_eq!(frame_len(bytes), Ok(Some(bytes.len())));
+        let lines: Vec<_> = frame.lines().unwrap().collect();
+        assert_eq!(frame.lines().unwrap().len(), 3);
+        let mut out = [""; 3];
+        let read: Vec<_> = lines
+            .iter()
+            .map(|r| {
+                let n = fields(&bytes[r.clone()], &mut out).unwrap();
+                out[..n].to_vec()
+            })
+            .collect();
+        assert_eq!(
+            read,
+            [
+                vec!["ok", "1-2-ab", "7,8"],
+                vec!["sold", "", ""],
+                vec!["limit", "1-3-cd", ""]
+            ]
+        );
+        let one = b"$7\r\nfenced \r\n";
+        let frame = Frame::new(one);
+        let mut lines = frame.lines().unwrap();
+        assert_eq!(lines.next(), Some(4..11));
+        assert_eq!(lines.next(), None);
+        assert_eq!(fields(&one[4..11], &mut out), Some(2));
+        assert_eq!(out[..2], ["fenced", ""]);
+        // More fields than `out` holds, not a bulk string: not read.
+        assert_eq!(fields(b"a b c d", &mut out), None);
+        assert!(Frame::new(b"*1\r\n$2\r\nok\r\n").lines().is_none());
+        assert!(Frame::new(b"$-1\r\n").lines().is_none());
     }
 
     #[test]
