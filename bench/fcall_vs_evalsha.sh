@@ -136,8 +136,8 @@ fresh_sale() { # with_codes (0/1)
 # The call of each redis-benchmark leg, after EVALSHA <sha> / FCALL <name>.
 # The layout of a core's call with a batch of one on a single node (see the
 # top of each script): no WAIT ('0'), no fence ('').
-checkout_args=(3 "$META" "$TAG:sold" "$TAG:users" "" __rand_int__ "$((ITEM - 1))" "$((BASE + ITEM))"
-  "$SALE-__rand_int__-00000000000000000000__rand_int__")
+checkout_args=(3 "$META" "$TAG:sold" "$TAG:users" "" __rand_int__ "$((ITEM - 1))"
+  "0:1:$SALE-__rand_int__-00000000000000000000__rand_int__:,$((BASE + ITEM)),")
 lookup_args=(5 "$META" "$TAG:sold" "$TAG:outbox" "$TAG:users" "$TAG:codes" "$BASE" 0 ""
   "$SALE-2__rand_int__-00000000000000000000000000000000")
 
@@ -151,8 +151,8 @@ for side in evalsha fcall; do
   # shellcheck disable=SC2206 # "EVALSHA <sha>" / "FCALL <name>": two words
   c=(${CALL[${side}_checkout]})
   u=$([[ $side == evalsha ]] && echo 900000000001 || echo 900000000002)
-  show "$side checkout (new user $u)" "${c[@]}" 3 "$META" "$TAG:sold" "$TAG:users" "" "$u" "$((ITEM - 1))" "$((BASE + ITEM))" \
-    "$SALE-$u-00000000000000000000000000000000"
+  show "$side checkout (new user $u)" "${c[@]}" 3 "$META" "$TAG:sold" "$TAG:users" "" "$u" "$((ITEM - 1))" \
+    "0:1:$SALE-$u-00000000000000000000000000000000:,$((BASE + ITEM)),"
   # shellcheck disable=SC2206
   c=(${CALL[${side}_purchase]})
   show "$side lookup (user 2, no checkout)" "${c[@]}" 5 "$META" "$TAG:sold" "$TAG:outbox" "$TAG:users" \

@@ -7,7 +7,10 @@
 # lazyfree-lazy-expire) and its own Postgres database. Per run: checkouts/s
 # (the server's own count of POST /checkout, over the run), and Redis's CPU
 # time per checkout (user + system, /proc of the private redis-server, which
-# serves nothing else). The binaries embed their lua/, so REF_BIN is a build
+# serves nothing else), and per checkout that went to Redis (calls in
+# checkout.lua batches, from the server's metrics: a run that shed checkouts
+# with 503, writer queue full, answered those without Redis; each run prints
+# its count of non-2xx answers). The binaries embed their lua/, so REF_BIN is a build
 # of the commit to compare with (cargo build --release in a worktree of it).
 #
 #   REF_BIN=/tmp/flashsale-ref CUR_BIN=target/release/flashsale bash bench/layout_crowd_compare.sh
@@ -68,6 +71,12 @@ checkouts() {
   curl -fsS "http://127.0.0.1:$BENCH_PORT/metrics" |
     { grep -E '^flashsale_requests_total\{route="checkout"' || true; } | awk '{ s += $NF } END { printf "%.0f\n", s }'
 }
+# Checkouts that went to Redis (calls in checkout.lua batches): fewer than the
+# checkouts when the server shed some (503: writer queue full) without Redis.
+redis_calls() {
+  curl -fsS "http://127.0.0.1:$BENCH_PORT/metrics" |
+    { grep -E '^flashsale_redis_batch_calls_sum\{script="checkout"' || true; } | awk '{ s += $NF } END { printf "%.0f\n", s }'
+}
 
 # A run must not see its sale end (the hourly sale, SALE_PERIOD_SECS of the
 # servers' default 3600): wait for the next period when this one ends too soon.
@@ -84,7 +93,7 @@ guard_period() {
 RESULTS="$WORK/results"
 : >"$RESULTS"
 run() { # round side bin db
-  local round=$1 side=$2 bin=$3 db=$4 active sale items r0 c0 s0 r1 c1 s1 secs
+  local round=$1 side=$2 bin=$3 db=$4 active sale items r0 c0 k0 s0 r1 c1 k1 s1 secs
   guard_period
   PG_DB="fslayout_$db"
   psql_ -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
@@ -106,10 +115,12 @@ run() { # round side bin db
   r0=$(cpu_ticks "$REDIS_PID")
   s0=$(cpu_ticks "$SERVER_PID")
   c0=$(checkouts)
+  k0=$(redis_calls)
   secs=$(date +%s%N)
   SALE_ID=$sale ITEMS=$items USERS=$USERS wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s bench/checkout.lua \
     "http://127.0.0.1:$BENCH_PORT" >"$WORK/wrk-$side-$round.txt" 2>&1
   c1=$(checkouts)
+  k1=$(redis_calls)
   r1=$(cpu_ticks "$REDIS_PID")
   s1=$(cpu_ticks "$SERVER_PID")
   secs=$((($(date +%s%N) - secs) / 1000000))
@@ -120,10 +131,10 @@ run() { # round side bin db
   redis-cli -p "$REDIS_PORT" -n "$db" flushdb >/dev/null
   non2xx="$(sed -n 's/.*Non-2xx or 3xx responses: *\([0-9]*\).*/\1/p' "$WORK/wrk-$side-$round.txt")"
   awk -v r="$round" -v s="$side" -v n=$((c1 - c0)) -v ms="$secs" -v rt=$((r1 - r0)) -v st=$((s1 - s0)) \
-    -v us=$((1000000 / $(getconf CLK_TCK))) -v bad="${non2xx:-0}" 'BEGIN {
-      printf "%s %s %.0f %.2f %.2f\n", r, s, n / (ms / 1000), rt * us / n, st * us / n >> "'"$RESULTS"'"
-      printf "  r%-2s %-3s %8.0f checkouts/s  Redis %6.2f us CPU/checkout  server %6.2f us CPU/checkout (%d checkouts, %d not 2xx)\n",
-        r, s, n / (ms / 1000), rt * us / n, st * us / n, n, bad
+    -v us=$((1000000 / $(getconf CLK_TCK))) -v bad="${non2xx:-0}" -v k=$((k1 - k0)) 'BEGIN {
+      printf "%s %s %.0f %.2f %.2f %.2f\n", r, s, n / (ms / 1000), rt * us / n, st * us / n, rt * us / k >> "'"$RESULTS"'"
+      printf "  r%-2s %-3s %8.0f checkouts/s  Redis %6.2f us CPU/checkout (%6.2f per call to Redis)  server %6.2f us CPU/checkout (%d checkouts, %d to Redis, %d not 2xx)\n",
+        r, s, n / (ms / 1000), rt * us / n, rt * us / k, st * us / n, n, k, bad
     }'
 }
 
@@ -149,7 +160,8 @@ rounds = int(sys.argv[2])
 by = {}
 for r, side, *vals in rows:
     by.setdefault(int(r), {})[side] = [float(v) for v in vals]
-names = ["checkouts/s", "Redis CPU us/checkout", "server CPU us/checkout"]
+names = ["checkouts/s", "Redis CPU us/checkout", "server CPU us/checkout",
+         "Redis CPU us/call to Redis"]
 print(f"| | {' | '.join(f'round {r}: ref / cur' for r in range(1, rounds + 1))} | median ref | median cur | median cur/ref |")
 print(f"| --- | {' | '.join('---' for _ in range(rounds))} | ---: | ---: | ---: |")
 for k, name in enumerate(names):

@@ -7,8 +7,9 @@
 Writes (after SELECT <db> with --db) for code i in 0..codes-1 one EVALSHA of
 lua/checkout.lua per item of its checkout, exactly as a core calls it with a
 batch of one on a single node (KEYS meta, sold, users; ARGV fence ''
-(none), then the user id, the item's bit (its number minus one), the item id
-and the fresh code), so the state is the one real checkouts leave:
+(none), then the user id, the item's bit (its number minus one) and a new
+user's entry with the fresh code, '0:1:<code>:,<item id>,'), so the state is
+the one real checkouts leave:
 
   user     1 followed by i as 12 digits (10^12 + i; one open checkout per user)
   code i   <sale>-<user>-<32 zeros>   (a valid code: its user, then 32 hex
@@ -106,7 +107,8 @@ def main() -> int:
         code = code_of(s, i)
         for n in rng.sample(range(1, args.items + 1), rng.randint(1, k_max)):
             chunk.append(
-                resp("EVALSHA", args.checkout_sha, 3, meta, sold, users, "", user, n - 1, base + n, code)
+                resp("EVALSHA", args.checkout_sha, 3, meta, sold, users, "", user, n - 1,
+                     f"0:1:{code}:,{base + n},")
             )
         if len(chunk) >= 4096:
             out.write(b"".join(chunk))

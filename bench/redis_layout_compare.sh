@@ -118,10 +118,11 @@ old_cmd=(EVALSHA "${SHA[old_checkout]}" $((2 + 2 * BATCH)) "$TAG:meta" "$TAG:sol
 for ((i = 0; i < BATCH; i++)); do old_cmd+=("$TAG:user:$user" "$TAG:code:$(code)"); done
 old_cmd+=("$EXPIRE_AT" "$BASE" "$TAG:user:" "$TAG:code:" "")
 for ((i = 0; i < BATCH; i++)); do old_cmd+=("$item"); done
-# This tree's checkout.lua takes each call's bit and item id as text (the
-# id's 12 random digits after the sale id: the script only copies it).
+# This tree's checkout.lua takes each call's bit and a new user's entry as
+# text (the item id: 12 random digits after the sale id; the script stores
+# the entry as is).
 new_cmd=(EVALSHA "${SHA[new_checkout]}" 3 "$TAG:meta" "$TAG:sold" "$TAG:users" "")
-for ((i = 0; i < BATCH; i++)); do new_cmd+=("$user" "__rand_int__" "${SALE}__rand_int__" "$(code)"); done
+for ((i = 0; i < BATCH; i++)); do new_cmd+=("$user" "__rand_int__" "0:1:$(code):,${SALE}__rand_int__,"); done
 
 # RESP size of a command once redis-benchmark filled its placeholders (each
 # __rand_int__ becomes 12 digits, as long as the placeholder).
@@ -145,7 +146,7 @@ printf '  old -> %s\n' "$(rcli evalsha "${SHA[old_checkout]}" 4 "$TAG:meta" "$TA
   "$TAG:code:$SALE-7-x" "$EXPIRE_AT" "$BASE" "$TAG:user:" "$TAG:code:" "" 1 | tr '\n' ' ')"
 fresh_sale new
 printf '  new -> %s\n' "$(rcli evalsha "${SHA[new_checkout]}" 3 "$TAG:meta" "$TAG:sold" "$TAG:users" \
-  "" 7 0 "$((BASE + 1))" "$SALE-7-x" | tr '\n' ' ')"
+  "" 7 0 "0:1:$SALE-7-x:,$((BASE + 1))," | tr '\n' ' ')"
 echo
 
 TICK_US=$((1000000 / $(getconf CLK_TCK)))

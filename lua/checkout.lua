@@ -36,14 +36,18 @@
 --         and is not used until a reconcile stamped the new node's id; a
 --         sale being restored in several steps (meta `restoring`) is fenced
 --         too
---   then per call i = 1..N, four arguments from ARGV[4i-2]: the user id, the
---   item's bit in the sold bitmap (its number minus one), the item id, and a
---   fresh code (used only when the user has no open checkout). The server
---   sends them as the text the script needs, so no call converts a number.
+--   then per call i = 1..N, three arguments from ARGV[3i-1]: the user id,
+--   the item's bit in the sold bitmap (its number minus one), and the entry
+--   of a new checkout of the item with a fresh code, '0:1:<code>:,<item id>,'
+--   (the user's entry when it has no open checkout and bought nothing: used
+--   as is; else its code and item id are read from it). The server sends
+--   them as the text the script needs, so a new user's call builds no string.
 --
 -- Returns one string for the whole batch: one line per call, in order,
 -- joined by '\n', each '<outcome> <code> <items csv>' (code and items may
--- be empty: 'sold  '), outcome:
+-- be empty: 'sold  '), or 'new' alone, outcome:
+--   new      the item is the first of a new checkout: the call's own entry
+--            was stored as is (its code and item are the checkout's)
 --   ok       the item is in the checkout (added now or before)
 --   sold     the item is sold
 --   limit    bought + items in the checkout would pass the limit
@@ -62,13 +66,15 @@
 -- (unpack passes at most ~8,000 values: 3 per call to BITFIELD_RO, so a
 -- batch stays below --redis-batch's bound of 1,024 calls.)
 
-local calls = (#ARGV - 1) / 4
-local fence = ARGV[1]
+local argv = ARGV
+local call = redis.call
+local calls = (#argv - 1) / 3
+local fence = argv[1]
 local replies = {}
 
-local meta = redis.call('HMGET', KEYS[1], 'starts_at', 'ends_at', 'limit', 'closed', 'node',
+local meta = call('HMGET', KEYS[1], 'starts_at', 'ends_at', 'limit', 'closed', 'node',
   'expire_at', 'restoring')
-local time = redis.call('TIME')
+local time = call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local refusal
 if not meta[1] or not meta[6] then
@@ -91,38 +97,36 @@ local users = KEYS[3]
 
 local gets, fields = {}, {}
 for i = 1, calls do
-  local a = 4 * i - 2
-  local g = 3 * i
-  gets[g - 2] = 'GET'
-  gets[g - 1] = 'u1'
-  gets[g] = ARGV[a + 1]
-  fields[i] = ARGV[a]
+  local a = 3 * i - 1
+  gets[a - 1] = 'GET'
+  gets[a] = 'u1'
+  gets[a + 1] = argv[a + 1]
+  fields[i] = argv[a]
 end
 fields[calls + 1] = '_'
-local bits = redis.call('BITFIELD_RO', KEYS[2], unpack(gets))
+local bits = call('BITFIELD_RO', KEYS[2], unpack(gets))
 -- Each user's entry (false when none), and '_' to know that the hash (and
 -- its expiry) exists.
-local got = redis.call('HMGET', users, unpack(fields))
+local got = call('HMGET', users, unpack(fields))
 local written = {}
 local writes = {}
+local w = 0
 
 for i = 1, calls do
-  local a = 4 * i - 2
+  local a = 3 * i - 1
   if bits[i] == 1 then
     replies[i] = 'sold  '
   else
-    local user = ARGV[a]
-    local item = ARGV[a + 2]
+    local user = argv[a]
     local entry = written[user] or got[i]
+    local value
     if not entry then
       -- The user's first checkout of the sale (the crowd's path).
-      local code = ARGV[a + 3]
-      local value = '0:1:' .. code .. ':,' .. item .. ','
-      written[user] = value
-      writes[#writes + 1] = user
-      writes[#writes + 1] = value
-      replies[i] = 'ok ' .. code .. ' ' .. item
+      value = argv[a + 2]
+      replies[i] = 'new'
     else
+      local fresh = argv[a + 2]
+      local item = string.match(fresh, ',(%d+),$')
       local bought, count, code, items = string.match(entry, '^(%d+):(%d+):([^:]*):(.*)$')
       bought = tonumber(bought)
       count = tonumber(count)
@@ -132,29 +136,32 @@ for i = 1, calls do
         replies[i] = 'limit ' .. code .. ' ' .. string.sub(items, 2, -2)
       else
         if count == 0 then
-          code = ARGV[a + 3]
+          code = string.match(fresh, '^0:1:([^:]*):')
           items = ',' .. item .. ','
         else
           items = items .. item .. ','
         end
-        local value = bought .. ':' .. (count + 1) .. ':' .. code .. ':' .. items
-        written[user] = value
-        writes[#writes + 1] = user
-        writes[#writes + 1] = value
+        value = bought .. ':' .. (count + 1) .. ':' .. code .. ':' .. items
         replies[i] = 'ok ' .. code .. ' ' .. string.sub(items, 2, -2)
       end
+    end
+    if value then
+      written[user] = value
+      writes[w + 1] = user
+      writes[w + 2] = value
+      w = w + 2
     end
   end
 end
 
-if #writes > 0 then
+if w > 0 then
   if got[calls + 1] then
-    redis.call('HSET', users, unpack(writes))
+    call('HSET', users, unpack(writes))
   else
-    writes[#writes + 1] = '_'
-    writes[#writes + 1] = expire_at
-    redis.call('HSET', users, unpack(writes))
-    redis.call('PEXPIREAT', users, expire_at)
+    writes[w + 1] = '_'
+    writes[w + 2] = expire_at
+    call('HSET', users, unpack(writes))
+    call('PEXPIREAT', users, expire_at)
   end
 end
 return table.concat(replies, '\n')

@@ -258,12 +258,18 @@ impl ClusterSale {
             .arg(fence)
             .arg(user)
             .arg(n - 1)
-            .arg(flashsale::sale::item_id(self.id, n))
-            .arg(code)
+            .arg(format!(
+                "0:1:{code}:,{},",
+                flashsale::sale::item_id(self.id, n)
+            ))
             .query(&mut self.redis)
             .expect("checkout.lua");
+        // A new checkout answers 'new' alone: its code is the call's.
         let fields: Vec<&str> = reply.split(' ').collect();
-        (fields[0].to_owned(), fields[1].to_owned())
+        match fields[..] {
+            ["new"] => ("ok".to_owned(), code.to_string()),
+            _ => (fields[0].to_owned(), fields[1].to_owned()),
+        }
     }
 
     /// checkout.lua for one call (user, item number) sent with `fence`.

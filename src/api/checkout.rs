@@ -11,7 +11,7 @@ use crate::http::response::write_json;
 use crate::redis_client::batch::BatchCall;
 use crate::redis_client::keys::Keys;
 use crate::redis_client::scripts::{Script, Scripts};
-use crate::sale::code::{Code, new_code};
+use crate::sale::code::{Code, MAX_CODE_LEN, new_code};
 use crate::sale::{CheckoutOutcome, SaleInfo};
 use crate::store::{CheckoutRecord, Record};
 
@@ -51,14 +51,30 @@ impl BatchCall for CheckoutCall {
     fn keys(&self, _keys: &Keys, _cmd: &mut redis::Cmd) {}
 
     fn args(&self, cmd: &mut redis::Cmd) {
-        // The item's bit in the sold bitmap and its id, as text the script
-        // uses as is.
+        // The item's bit in the sold bitmap, and a new user's entry
+        // ('0:1:<code>:,<item id>,'), as text the script uses as is.
+        let mut entry = [0u8; NEW_ENTRY_LEN];
+        let mut len = 0;
+        let mut id = itoa::Buffer::new();
+        for part in [
+            b"0:1:".as_slice(),
+            self.fresh_code.as_bytes(),
+            b":,",
+            id.format(self.item_id).as_bytes(),
+            b",",
+        ] {
+            entry[len..len + part.len()].copy_from_slice(part);
+            len += part.len();
+        }
         cmd.arg(self.user_id)
             .arg(self.item_number - 1)
-            .arg(self.item_id)
-            .arg(self.fresh_code);
+            .arg(&entry[..len]);
     }
 }
+
+/// The longest new user's entry: '0:1:', a code, ':,', an item id (at most
+/// 19 digits) and ','.
+const NEW_ENTRY_LEN: usize = 4 + MAX_CODE_LEN + 2 + 19 + 1;
 
 const ITEM_SOLD: Reject = Reject::new(409, "item_sold", "the item is already sold");
 const LIMIT_REACHED: Reject = Reject::new(
@@ -103,6 +119,7 @@ impl Api {
             return Err(ITEM_SOLD);
         }
 
+        let fresh_code = new_code(sale.id, user_id);
         let reply = {
             let _slot = self.begin_redis_work()?;
             self.checkouts
@@ -111,14 +128,17 @@ impl Api {
                     user_id,
                     item_number: n,
                     item_id,
-                    fresh_code: new_code(sale.id, user_id),
+                    fresh_code,
                 })
                 .await
                 .map_err(|e| self.redis_failed(e))?
         };
         let mut fields = [""; 3];
+        let mut id = itoa::Buffer::new();
         let (outcome, code, items) = match reply.texts(&mut fields) {
             Some(3) => (fields[0], fields[1], fields[2]),
+            // A new checkout: the call's own code and item.
+            Some(1) if fields[0] == "new" => ("ok", fresh_code.as_str(), id.format(item_id)),
             _ => return Err(super::INTERNAL),
         };
         match outcome {
