@@ -120,9 +120,10 @@ old_cmd+=("$EXPIRE_AT" "$BASE" "$TAG:user:" "$TAG:code:" "")
 for ((i = 0; i < BATCH; i++)); do old_cmd+=("$item"); done
 # This tree's checkout.lua takes each call's bit and a new user's entry as
 # text (the item id: 12 random digits after the sale id; the script stores
-# the entry as is).
+# the entry as is). The bit is item 1's: BITFIELD refuses an offset with
+# leading zeros, which __rand_int__ has (the bits of a fresh sale are all 0).
 new_cmd=(EVALSHA "${SHA[new_checkout]}" 3 "$TAG:meta" "$TAG:sold" "$TAG:users" "")
-for ((i = 0; i < BATCH; i++)); do new_cmd+=("$user" "__rand_int__" "0:1:$(code):,${SALE}__rand_int__,"); done
+for ((i = 0; i < BATCH; i++)); do new_cmd+=("$user" 0 "0:1:$(code):,${SALE}__rand_int__,"); done
 
 # RESP size of a command once redis-benchmark filled its placeholders (each
 # __rand_int__ becomes 12 digits, as long as the placeholder).
