@@ -11,23 +11,26 @@ pub struct InvalidParams(pub &'static str);
 /// string afresh for each parameter asked for instead of collecting the
 /// pairs, so a request's parameters cost no allocation (a value is copied
 /// only when it is percent-encoded), and a query without '%' or '+' is only
-/// split, not decoded.
+/// split, not decoded: by a byte scan (`Pairs::Plain`), which for the
+/// API's short queries costs a fraction of `str::split`'s char searcher.
 pub struct Query<'a> {
     query: &'a str,
+    /// No '%' or '+': decoding changes nothing, so the pairs are slices of
+    /// the query (the usual case: ids and codes).
+    plain: bool,
 }
 
 impl<'a> Query<'a> {
     pub fn parse(query: &'a str) -> Self {
-        Query { query }
+        let plain = !query.bytes().any(|b| b == b'%' || b == b'+');
+        Query { query, plain }
     }
 
     fn pairs(&self) -> Pairs<'a> {
-        // Without '%' or '+' decoding changes nothing, so the pairs are
-        // slices of the query (the usual case: ids and codes).
-        if self.query.contains(['%', '+']) {
-            Pairs::Encoded(form_urlencoded::parse(self.query.as_bytes()))
+        if self.plain {
+            Pairs::Plain(self.query)
         } else {
-            Pairs::Plain(self.query.split('&'))
+            Pairs::Encoded(form_urlencoded::parse(self.query.as_bytes()))
         }
     }
 
@@ -92,7 +95,8 @@ impl<'a> Query<'a> {
 /// The `name=value` pairs of a query, as `form_urlencoded::parse` reads
 /// them (empty pairs skipped, a pair without '=' has an empty value).
 enum Pairs<'a> {
-    Plain(std::str::Split<'a, char>),
+    /// What is left of a query without '%' or '+'.
+    Plain(&'a str),
     Encoded(form_urlencoded::Parse<'a>),
 }
 
@@ -101,11 +105,25 @@ impl<'a> Iterator for Pairs<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            Pairs::Plain(parts) => {
-                let pair = parts.find(|p| !p.is_empty())?;
-                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                Some((Cow::Borrowed(name), Cow::Borrowed(value)))
-            }
+            Pairs::Plain(rest) => loop {
+                if rest.is_empty() {
+                    return None;
+                }
+                // '&' and '=' are ASCII, so every cut is on a char boundary.
+                let (pair, after) = match rest.bytes().position(|b| b == b'&') {
+                    Some(i) => (&rest[..i], &rest[i + 1..]),
+                    None => (*rest, ""),
+                };
+                *rest = after;
+                if pair.is_empty() {
+                    continue;
+                }
+                let (name, value) = match pair.bytes().position(|b| b == b'=') {
+                    Some(i) => (&pair[..i], &pair[i + 1..]),
+                    None => (pair, ""),
+                };
+                return Some((Cow::Borrowed(name), Cow::Borrowed(value)));
+            },
             Pairs::Encoded(parse) => parse.next(),
         }
     }

@@ -67,7 +67,11 @@ pub fn parse_head<'a>(
     if !target.starts_with('/') {
         return Err(ParseError::Malformed);
     }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    // A byte scan: '?' is ASCII, so the cut is on a char boundary.
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        Some(i) => (&target[..i], &target[i + 1..]),
+        None => (target, ""),
+    };
     let http10 = req.version == Some(0);
 
     let mut keep_alive = !http10;
