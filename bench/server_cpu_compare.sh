@@ -9,7 +9,8 @@
 #     BARE_BIN=target/release/examples/bare_responder ROUNDS=6 bash bench/server_cpu_compare.sh
 #
 # Sides (SIDES, default "bare ref cur"): bare (BARE_BIN), ref (REF_BIN), cur
-# (CUR_BIN), and ref_alloc / cur_alloc (REF_ALLOC_BIN / CUR_ALLOC_BIN): builds
+# (CUR_BIN), cur_bare (CUR_BARE_BIN: a second bare responder, say the one
+# built from the tree under test when its runtime setup differs), and ref_alloc / cur_alloc (REF_ALLOC_BIN / CUR_ALLOC_BIN): builds
 # with `--features count-allocs`, whose /metrics count the core threads'
 # allocations (`flashsale_core_allocations_total`); for them the report gives
 # allocations per request (the counter's change over the requests the server
@@ -53,11 +54,11 @@ die() {
 for tool in wrk redis-cli psql python3 curl; do
   command -v "$tool" >/dev/null || die "$tool is missing"
 done
-declare -A BIN=([bare]="${BARE_BIN:-}" [ref]="${REF_BIN:-}" [cur]="${CUR_BIN:-}"
+declare -A BIN=([bare]="${BARE_BIN:-}" [cur_bare]="${CUR_BARE_BIN:-}" [ref]="${REF_BIN:-}" [cur]="${CUR_BIN:-}"
   [ref_alloc]="${REF_ALLOC_BIN:-}" [cur_alloc]="${CUR_ALLOC_BIN:-}")
 for side in $SIDES; do
-  [[ -v BIN[$side] ]] || die "unknown side '$side' (bare ref cur ref_alloc cur_alloc)"
-  [[ -x ${BIN[$side]} ]] || die "side $side needs its binary (BARE_BIN, REF_BIN, CUR_BIN, REF_ALLOC_BIN, CUR_ALLOC_BIN)"
+  [[ -v BIN[$side] ]] || die "unknown side '$side' (bare cur_bare ref cur ref_alloc cur_alloc)"
+  [[ -x ${BIN[$side]} ]] || die "side $side needs its binary (BARE_BIN, CUR_BARE_BIN, REF_BIN, CUR_BIN, REF_ALLOC_BIN, CUR_ALLOC_BIN)"
   cp "${BIN[$side]}" "$OUT/bin-$side"
 done
 
@@ -106,7 +107,7 @@ run() {
   local round=$1 side=$2 bin="$OUT/bin-$2" sale active a0=0 a1=0 q0=0 q1=0
   local log_file="$OUT/server-r$round-$side.log"
   if ss -ltnH "sport = :$BENCH_PORT" | grep -q .; then die "port $BENCH_PORT is taken: set BENCH_PORT"; fi
-  if [[ $side == bare ]]; then
+  if [[ $side == bare || $side == cur_bare ]]; then
     "$bin" "127.0.0.1:$BENCH_PORT" "$SERVER_CORES" >"$log_file" 2>&1 &
     SERVER_PID=$!
     for ((i = 0; i < 100; i++)); do
@@ -138,12 +139,12 @@ run() {
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/checkout.lua "$URL" >"$out" 2>&1 ||
     die "wrk failed: $(tail -n 3 "$out")"
   s1=$(ticks "$SERVER_PID")
-  if [[ $side != bare ]]; then
+  if [[ $side != bare && $side != cur_bare ]]; then
     a1="$(metric flashsale_core_allocations_total)" q1="$(metric flashsale_requests_total)"
     curl -fsS --max-time 5 "$URL/metrics" >"$OUT/metrics-r$round-$side.txt" || true
   fi
   stop_server
-  [[ $side == bare ]] || rcli -n "$REDIS_DB" flushdb >/dev/null
+  [[ $side == bare || $side == cur_bare ]] || rcli -n "$REDIS_DB" flushdb >/dev/null
   local line rps n cpu allocs statuses
   line="$(grep -m1 '^BENCH ' "$out")" || die "no BENCH line in $out"
   field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $line"; }
@@ -190,6 +191,7 @@ def ratio(b, a):
 print()
 print("| ratio | median CPU/req | each round | median req/s | each round |")
 print("| --- | ---: | --- | ---: | --- |")
-for b, a in [("cur", "ref"), ("ref", "bare"), ("cur", "bare"), ("cur_alloc", "ref_alloc")]:
+for b, a in [("cur", "ref"), ("ref", "bare"), ("cur", "bare"), ("cur_bare", "bare"),
+             ("cur", "cur_bare"), ("cur_alloc", "ref_alloc")]:
     ratio(b, a)
 EOF
