@@ -169,7 +169,7 @@ pub struct Config {
     )]
     pub redis_batches_in_flight: u32,
 
-    /// Capacity of the channel from the cores to the Postgres writer; full → 503.
+    /// Capacity of the queue from the cores to the Postgres writer, in records; full → 503.
     #[arg(
         long = "writer-queue",
         env = "FLASHSALE_WRITER_QUEUE",

@@ -27,7 +27,7 @@ use crate::redis_client::keys::Keys;
 use crate::redis_client::scripts::Scripts;
 use crate::redis_client::{RedisBackend, RedisClient};
 use crate::sale::schedule::SharedSchedule;
-use crate::store::{PostgresHealth, RecordSender};
+use crate::store::{CoreRecords, PostgresHealth, RecordSender};
 
 /// How often a core refreshes its known-sold map from Redis.
 const SOLD_MAP_REFRESH: Duration = Duration::from_millis(100);
@@ -216,7 +216,7 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
         keys: setup.keys.clone(),
         schedule: setup.schedule.clone(),
         clock: setup.clock.clone(),
-        records: setup.records.clone(),
+        records: CoreRecords::start(setup.records.clone()),
         postgres: setup.postgres.clone(),
         reconcile_requests: setup.reconcile_requests.clone(),
         metrics: metrics.clone(),
@@ -282,6 +282,8 @@ async fn core_main(setup: CoreSetup, ready: std::sync::mpsc::Sender<std::io::Res
             "closing connections still busy at the shutdown deadline"
         );
     }
+    // What the last turn handed over goes to the writer before the core ends.
+    api.flush_records();
     redis.stop();
     purchase_redis.stop();
 }

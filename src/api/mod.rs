@@ -28,7 +28,7 @@ use crate::redis_client::{RedisClient, server_reply};
 use crate::sale::SaleInfo;
 use crate::sale::schedule::{ScheduleView, SharedSchedule};
 use crate::sale::sold_map::SoldMap;
-use crate::store::{PostgresHealth, RecordSender};
+use crate::store::{CoreRecords, PostgresHealth};
 
 /// Seconds a shed client is asked to wait.
 const RETRY_AFTER_SECS: u32 = 1;
@@ -47,7 +47,7 @@ pub struct ApiDeps {
     pub schedule: Arc<SharedSchedule>,
     /// Redis's clock, as this instance estimates it: picks the active sale.
     pub clock: Arc<RedisClock>,
-    pub records: RecordSender,
+    pub records: CoreRecords,
     pub postgres: Arc<PostgresHealth>,
     /// Where a fenced sale is asked to be reconciled (the rotator runs it).
     pub reconcile_requests: Arc<ReconcileRequests>,
@@ -283,6 +283,12 @@ impl Api {
             Route::Other => unreachable!("matched above"),
         };
         (route, answer)
+    }
+
+    /// Hands the records buffered in this turn to the writer now (the core
+    /// is stopping; otherwise they go when the turn ends).
+    pub fn flush_records(&self) {
+        self.deps.records.flush();
     }
 
     /// Keeps the known-sold map of this core fresh from Redis's bitmap, so

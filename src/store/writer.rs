@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::error::{Error, ErrorKind};
 use crate::metrics::{self, Table};
@@ -28,7 +28,7 @@ use super::batch::{
 };
 use super::outbox::{self, DeadReason, OutboxEntry};
 use super::sales::{self, SaleRow};
-use super::{CheckoutRecord, PgPool, PostgresHealth, Record};
+use super::{CheckoutRecord, PgPool, PostgresHealth, Record, RecordReceiver};
 use crate::clock::RedisClock;
 use crate::redis_client::blocking::{BlockingRedis, RedisEndpoint};
 use crate::redis_client::keys::Keys;
@@ -121,7 +121,7 @@ impl Stop {
 pub fn spawn(
     config: WriterConfig,
     pool: PgPool,
-    records: Receiver<Record>,
+    records: RecordReceiver,
     health: Arc<PostgresHealth>,
 ) -> std::io::Result<WriterHandle> {
     let stop = Arc::new(Stop::default());
@@ -214,7 +214,7 @@ enum DrainError {
 struct Writer {
     config: WriterConfig,
     pool: PgPool,
-    records: Receiver<Record>,
+    records: RecordReceiver,
     health: Arc<PostgresHealth>,
     stop: Arc<Stop>,
     metrics: &'static metrics::WriterMetrics,
@@ -260,7 +260,7 @@ impl Writer {
     fn new(
         config: WriterConfig,
         pool: PgPool,
-        records: Receiver<Record>,
+        records: RecordReceiver,
         health: Arc<PostgresHealth>,
         stop: Arc<Stop>,
     ) -> Self {
@@ -381,10 +381,10 @@ impl Writer {
         }
         if self.pending.is_empty() {
             // The first record opens a batch: wake for it at once.
-            match self.records.recv_timeout(wait) {
-                Ok(record) => self.push(record),
-                Err(RecvTimeoutError::Timeout) => return,
-                Err(RecvTimeoutError::Disconnected) => {
+            match self.records.wait(wait) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => {
                     self.closed = true;
                     return;
                 }
@@ -394,26 +394,18 @@ impl Writer {
             // record (under a crowd that was thousands of wake-ups a second).
             std::thread::sleep(wait);
         }
-        while self.pending.len() < limit {
-            match self.records.try_recv() {
-                Ok(record) => self.push(record),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    self.closed = true;
-                    break;
-                }
-            }
-        }
-    }
-
-    fn push(&mut self, record: Record) {
-        match record {
+        let room = limit.saturating_sub(self.pending.len());
+        let (pending, oldest) = (&mut self.pending, &mut self.oldest);
+        let taken = self.records.take(room, |record| match record {
             Record::Checkout(checkout) => {
-                if self.pending.is_empty() {
-                    self.oldest = Some(Instant::now());
+                if pending.is_empty() {
+                    *oldest = Some(Instant::now());
                 }
-                self.pending.push_back(checkout);
+                pending.push_back(checkout);
             }
+        });
+        if taken.is_err() {
+            self.closed = true;
         }
     }
 
