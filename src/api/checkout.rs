@@ -7,7 +7,6 @@ use super::json::{CheckoutBody, IdList};
 use super::params::Query;
 use super::{Answer, Api, ITEM_NOT_FOUND, NO_ACTIVE_SALE, Reject, WRITER_QUEUE_FULL};
 use crate::http::ResponseHead;
-use crate::http::response::write_json;
 use crate::redis_client::batch::BatchCall;
 use crate::redis_client::keys::Keys;
 use crate::redis_client::scripts::{Script, Scripts};
@@ -151,15 +150,13 @@ impl Api {
                     CheckoutOutcome::Added,
                     now,
                 )?;
-                write_json(
-                    body,
-                    &CheckoutBody {
-                        code,
-                        sale_id: sale.id,
-                        item_id,
-                        items: IdList(items),
-                    },
-                );
+                CheckoutBody {
+                    code,
+                    sale_id: sale.id,
+                    item_id,
+                    items: IdList(items),
+                }
+                .write(body);
                 Ok(ResponseHead::json(200))
             }
             "sold" => {
