@@ -85,8 +85,10 @@ const LIMIT_REACHED: Reject = Reject::new(
 impl Api {
     pub(super) async fn checkout(&self, query: &str, body: &mut Vec<u8>) -> Answer {
         let query = Query::parse(query);
-        let user_id = query.positive_id("user_id", "user_id must be a positive integer")?;
-        let item_id = query.positive_id("id", "id must be a positive integer")?;
+        let [user_id, item_id] = query.positive_ids([
+            ("user_id", "user_id must be a positive integer"),
+            ("id", "id must be a positive integer"),
+        ])?;
         // The record's time: Redis's clock as this instance tracks it (the
         // same for attempts answered here and by the script), inside the
         // window of the sale it picks.

@@ -65,6 +65,37 @@ impl<'a> Query<'a> {
         }
     }
 
+    /// Required positive 64-bit integers, read in one pass over the query:
+    /// the same answers (and, of several bad ones, the same first error) as
+    /// `positive_id` for each name in turn.
+    pub fn positive_ids<const N: usize>(
+        &self,
+        wanted: [(&'static str, &'static str); N],
+    ) -> Result<[i64; N], InvalidParams> {
+        let mut found: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
+        let mut twice = [false; N];
+        for (key, value) in self.pairs() {
+            if let Some(i) = wanted.iter().position(|(name, _)| *name == key) {
+                if found[i].is_some() {
+                    twice[i] = true;
+                } else {
+                    found[i] = Some(value);
+                }
+            }
+        }
+        let mut ids = [0; N];
+        for (i, (_, message)) in wanted.iter().enumerate() {
+            if twice[i] {
+                return Err(InvalidParams("a parameter is given twice"));
+            }
+            ids[i] = found[i]
+                .as_deref()
+                .and_then(parse_positive)
+                .ok_or(InvalidParams(message))?;
+        }
+        Ok(ids)
+    }
+
     /// An optional integer in `min..=max`, `default` when absent.
     pub fn bounded(
         &self,
@@ -131,10 +162,15 @@ impl<'a> Iterator for Pairs<'a> {
 
 /// Plain decimal digits (no sign, no spaces, no leading `+`), within i64.
 pub fn parse_digits(text: &str) -> Option<i64> {
-    if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty() || text.len() > 19 {
         return None;
     }
-    text.parse().ok()
+    text.bytes().try_fold(0i64, |n, b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(i64::from(b - b'0'))
+    })
 }
 
 pub fn parse_positive(text: &str) -> Option<i64> {
@@ -245,6 +281,13 @@ mod fuzz {
             query.pairs().collect::<Vec<_>>(),
             form_urlencoded::parse(q.as_bytes()).collect::<Vec<_>>()
         );
+        // Several ids in one pass: what one call per name answers, in turn.
+        for (a, b) in [("user_id", "id"), ("id", "user_id"), ("code", "x")] {
+            let one_by_one = query
+                .positive_id(a, "bad a")
+                .and_then(|x| Ok([x, query.positive_id(b, "bad b")?]));
+            prop_assert_eq!(query.positive_ids([(a, "bad a"), (b, "bad b")]), one_by_one);
+        }
         for name in NAMES {
             if let Ok(id) = query.positive_id(name, "bad") {
                 prop_assert!(id > 0);

@@ -585,6 +585,10 @@ impl RedisClient {
     }
 }
 
+/// Arguments and bytes a script command is first given room for.
+const SCRIPT_CMD_ARGS: usize = 128;
+const SCRIPT_CMD_BYTES: usize = 4096;
+
 /// EVALSHA of `script` (EVAL with its body when `body`), its key count, then
 /// what `args` adds.
 fn script_cmd(
@@ -594,15 +598,15 @@ fn script_cmd(
     fence: &str,
     args: &impl Fn(&mut Cmd, &str),
 ) -> Cmd {
-    let mut cmd = if body {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(script.body);
-        cmd
+    // Sized for a batch of a few dozen calls, so that building it does not
+    // grow its buffers step by step (that was a fifth of the cost of
+    // building a batch's command).
+    let mut cmd = Cmd::with_capacity(SCRIPT_CMD_ARGS, SCRIPT_CMD_BYTES);
+    if body {
+        cmd.arg("EVAL").arg(script.body);
     } else {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&script.sha);
-        cmd
-    };
+        cmd.arg("EVALSHA").arg(&script.sha);
+    }
     cmd.arg(keys);
     args(&mut cmd, fence);
     cmd
