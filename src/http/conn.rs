@@ -42,6 +42,12 @@ pub async fn serve<H: Handler>(
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut body: Vec<u8> = Vec::with_capacity(1024);
     let mut request_started: Option<std::time::Instant> = None;
+    // One timer for reads and one for writes, each moved forward for every
+    // read or write: a deadline that only moves later is a field update in
+    // monoio's timer wheel, where a timer per operation was a registration
+    // and a removal each time.
+    let mut read_timer = std::pin::pin!(monoio::time::sleep(limits.idle_timeout));
+    let mut write_timer = std::pin::pin!(monoio::time::sleep(limits.write_timeout));
 
     loop {
         // Answer every complete request already buffered.
@@ -96,7 +102,9 @@ pub async fn serve<H: Handler>(
         // bound is full, and the rest waits until this output is written.
         let stopped_short = answered == MAX_BATCH || out.len() >= limits.max_output_bytes;
         if !out.is_empty() {
-            match write_all_or_stall(&mut stream, out, limits.write_timeout).await {
+            match write_all_or_stall(&mut stream, out, limits.write_timeout, write_timer.as_mut())
+                .await
+            {
                 Some(mut written) => {
                     written.clear();
                     out = written;
@@ -128,17 +136,17 @@ pub async fn serve<H: Handler>(
                 None => return,
             },
         };
-        let read = monoio::time::timeout(wait, read_append(&mut stream, buf, READ_CHUNK / 2));
-        let result = if request_started.is_none() {
-            monoio::select! {
-                r = read => Some(r),
-                _ = shutdown.wait() => None,
-            }
-        } else {
-            Some(read.await)
+        read_timer
+            .as_mut()
+            .reset(monoio::time::Instant::now() + wait);
+        let idle = request_started.is_none();
+        let result = monoio::select! {
+            r = read_append(&mut stream, buf, READ_CHUNK / 2) => Some(r),
+            _ = read_timer.as_mut() => None,
+            _ = shutdown.wait(), if idle => None,
         };
         match result {
-            Some(Ok((Ok(n), b))) if n > 0 => buf = b,
+            Some((Ok(n), b)) if n > 0 => buf = b,
             _ => return, // EOF, error, timeout or shutdown while idle
         }
     }
@@ -146,16 +154,21 @@ pub async fn serve<H: Handler>(
 
 /// Writes all of `out`; `None` (the connection is to be closed) on an error
 /// or when the client took nothing for `stall`. The timeout applies to each
-/// write, so a slow reader that keeps taking some bytes is not cut off.
+/// write (`timer` is moved to `stall` from its start), so a slow reader that
+/// keeps taking some bytes is not cut off.
 async fn write_all_or_stall(
     stream: &mut TcpStream,
     mut out: Vec<u8>,
     stall: Duration,
+    mut timer: std::pin::Pin<&mut monoio::time::Sleep>,
 ) -> Option<Vec<u8>> {
     let mut sent = 0;
     while sent < out.len() {
-        let write = stream.write(out.slice(sent..));
-        let (result, rest) = monoio::time::timeout(stall, write).await.ok()?;
+        timer.as_mut().reset(monoio::time::Instant::now() + stall);
+        let (result, rest) = monoio::select! {
+            written = stream.write(out.slice(sent..)) => written,
+            _ = timer.as_mut() => return None,
+        };
         out = rest.into_inner();
         match result {
             Ok(n) if n > 0 => sent += n,
