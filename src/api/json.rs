@@ -1,5 +1,6 @@
 //! The JSON shapes of the responses (docs/api.md), serialized with serde straight into
-//! the connection's body buffer by `http::response::write_json`.
+//! the connection's body buffer by `http::response::write_json`; the checkout's
+//! 200 is written directly (`CheckoutBody::write`), the same bytes.
 
 use serde::Serialize;
 

@@ -1,6 +1,7 @@
 //! Responses → bytes: status line, the few headers the server sends, and the
-//! body, appended to a connection's output buffer. Also the one JSON writer
-//! every body goes through, and the JSON error body that every error shares.
+//! body, appended to a connection's output buffer. Also the JSON writer
+//! every body goes through (the checkout's 200 aside, see `write_json`), and
+//! the JSON error body that every error shares.
 
 /// What a handler decides besides the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +83,9 @@ pub fn write_response(
 }
 
 /// Serializes `value` as JSON onto `out`: simd-json's serde serializer
-/// (measured against serde_json: README, "JSON writer").
+/// (measured against serde_json: README, "JSON writer"). The one body not
+/// written here is the checkout's 200 (`api::json::CheckoutBody::write`,
+/// which writes the same bytes).
 pub fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     // Writing into a Vec cannot fail, and the server's types always serialize.
     let _ = simd_json::to_writer(&mut *out, value);
