@@ -360,3 +360,59 @@ fn users_inserted_meanwhile_by_another_transaction_are_not_a_failure() {
         200
     );
 }
+
+/// The network fails at the worst moment: a checkout batch's `COMMIT` (the
+/// one that also writes the writer's backlog mark) reaches Postgres and
+/// commits, and the connection is cut before the answer gets back. The
+/// writer cannot tell from the error whether the batch is in: it asks
+/// Postgres (the transaction's status) before writing it again, so every
+/// checkout is one row, not two, and every user one `users` row.
+#[test]
+fn a_checkout_batch_whose_commit_answer_was_lost_is_recorded_once() {
+    let opts = Opts::default();
+    let (space, db) = TestServer::prepare_data(&opts, |_| {});
+    let admin: postgres::Config = pg_admin_url().parse().expect("TEST_DATABASE_URL");
+    let postgres::config::Host::Tcp(host) = &admin.get_hosts()[0] else {
+        panic!("TEST_DATABASE_URL must name a TCP host");
+    };
+    let target = format!(
+        "{host}:{}",
+        admin.get_ports().first().copied().unwrap_or(5432)
+    );
+    let proxy = common::pg_proxy::CommitCuttingProxy::start(target.clone());
+    let url = pg_url_for(&db).replacen(&target, &format!("127.0.0.1:{}", proxy.port), 1);
+    assert!(url.contains(&format!(":{}/", proxy.port)), "{url}");
+    let server = TestServer::start_on(opts.env("DATABASE_URL", &url), &space, &db, true);
+
+    proxy.arm();
+    let sale = server.active_sale();
+    let mut conn = server.connect();
+    let users = 40;
+    for k in 0..users {
+        conn.checkout(7_400_001 + k, sale.item(1 + k as u32))
+            .assert_status(200);
+    }
+    eventually(SETTLE, "the proxy cut a commit's answer", || {
+        proxy.cuts() == 1
+    });
+    // The writer keeps its records in order: once a later checkout is a
+    // row, whatever it held before it is settled.
+    let later = 7_400_001 + users;
+    conn.checkout(later, sale.item(100)).assert_status(200);
+    server.wait_pg_i64(
+        "SELECT count(*) FROM checkouts WHERE user_id = $1",
+        &[&later],
+        1,
+    );
+    assert_eq!(
+        server.pg_i64(
+            "SELECT count(*) FROM checkouts WHERE user_id >= $1 AND user_id < $2",
+            &[&7_400_001i64, &(7_400_001 + users)],
+        ),
+        users,
+        "one row per checkout"
+    );
+    eventually(SETTLE, "every user of the batch in users", || {
+        users_recorded(&server, 7_400_001, 7_400_001 + users) == (users, users)
+    });
+}

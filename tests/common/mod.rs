@@ -20,6 +20,8 @@
 
 /// Redis Cluster: a private cluster to break, the shared one, connections.
 pub mod cluster;
+/// A proxy in front of Postgres that loses the answer to one commit.
+pub mod pg_proxy;
 /// A proxy that holds Redis's replies back, for interleaving tests.
 pub mod proxy;
 /// Private Redis and Postgres instances for the fault-injection tests.
