@@ -38,10 +38,17 @@ const USERS_MERGE_SQL: &str = "MERGE INTO users u
 const USERS_MERGE_PLAN: &str = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
 /// The writer's backlog mark: checkouts from `since` on may name users that
-/// `users` does not have yet. Written with the checkout batch it covers.
+/// `users` does not have yet. Written with the checkout batch it covers;
+/// answers the transaction's id, to ask about its commit if the answer to
+/// the `COMMIT` is lost (`commit_status`).
 const BACKLOG_MARK_SQL: &str = "INSERT INTO users_backlog (writer, since) VALUES ($1, $2)
      ON CONFLICT (writer) DO UPDATE
-     SET since = least(users_backlog.since, excluded.since), updated_at = now()";
+     SET since = least(users_backlog.since, excluded.since), updated_at = now()
+     RETURNING pg_current_xact_id()::text";
+
+/// What became of a transaction, by its id: `committed`, `aborted`, `in
+/// progress`, or NULL when Postgres no longer knows.
+const XACT_STATUS_SQL: &str = "SELECT pg_xact_status($1::text::xid8)";
 
 /// The writer's users are committed: its mark goes.
 const BACKLOG_CLEAR_SQL: &str = "DELETE FROM users_backlog WHERE writer = $1";
@@ -390,7 +397,13 @@ impl CheckoutConn {
 }
 
 /// Checkouts (and, when `mark` is given, the writer's backlog mark) in one
-/// transaction. Returns the rows inserted. The batch's users are not
+/// transaction. Returns the rows inserted. With a mark the transaction is
+/// explicit, and while its `COMMIT` is on its way `commit_sent` holds the
+/// transaction's id: when that fails (the connection lost before the
+/// answer), Postgres may have committed, and `commit_status` tells. (Without
+/// a mark the batch is one `COPY` in its implicit transaction, and Postgres
+/// answers the `COPY` before the commit that follows, so a lost answer
+/// there means a batch not committed.) The batch's users are not
 /// written here: the writer collects them and commits them apart, many
 /// batches at once (`insert_users`); the mark, in the same transaction as
 /// the rows it covers, is what lets a lost collection be repaired
@@ -406,18 +419,48 @@ pub(crate) fn insert_checkouts(
     conn: &mut CheckoutConn,
     rows: &[CheckoutRecord],
     mark: Option<BacklogMark>,
+    commit_sent: &mut Option<String>,
 ) -> Result<u64, postgres::Error> {
     let data = checkouts_copy_data(rows);
     match mark {
         None => copy_checkouts(&mut conn.client, &conn.copy, &data),
         Some(mark) => {
             let mut tx = conn.client.transaction()?;
-            tx.execute(BACKLOG_MARK_SQL, &[&mark.writer, &timestamp(mark.since_ms)])?;
+            let xid: String = tx
+                .query_one(BACKLOG_MARK_SQL, &[&mark.writer, &timestamp(mark.since_ms)])?
+                .get(0);
             let inserted = copy_checkouts(&mut tx, &conn.copy, &data)?;
+            *commit_sent = Some(xid);
             tx.commit()?;
+            *commit_sent = None;
             Ok(inserted)
         }
     }
+}
+
+/// What became of a transaction (`commit_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CommitStatus {
+    Committed,
+    Aborted,
+    /// Not settled yet (its backend has not noticed the lost connection).
+    InProgress,
+    /// Too old for Postgres to know.
+    Forgotten,
+}
+
+/// What became of the transaction `xid`.
+pub(crate) fn commit_status(
+    client: &mut Client,
+    xid: &str,
+) -> Result<CommitStatus, postgres::Error> {
+    let status: Option<String> = client.query_one(XACT_STATUS_SQL, &[&xid])?.get(0);
+    Ok(match status.as_deref() {
+        Some("committed") => CommitStatus::Committed,
+        Some("aborted") => CommitStatus::Aborted,
+        Some(_) => CommitStatus::InProgress,
+        None => CommitStatus::Forgotten,
+    })
 }
 
 fn copy_checkouts(

@@ -23,8 +23,9 @@ use crate::error::{Error, ErrorKind};
 use crate::metrics::{self, Table};
 
 use super::batch::{
-    BacklogMark, CheckoutConn, DoubleSale, IdHasher, KnownUsers, UserColumns, catch_up_users,
-    classify, clear_backlog, insert_checkouts, insert_purchases, insert_users, write_bisecting,
+    BacklogMark, CheckoutConn, CommitStatus, DoubleSale, IdHasher, KnownUsers, UserColumns,
+    catch_up_users, classify, clear_backlog, commit_status, insert_checkouts, insert_purchases,
+    insert_users, write_bisecting,
 };
 use super::outbox::{self, DeadReason, OutboxEntry};
 use super::sales::{self, SaleRow};
@@ -233,6 +234,9 @@ struct Writer {
     /// The connection checkout batches go through (opened on first use,
     /// dropped on any Postgres failure).
     checkout_conn: Option<CheckoutConn>,
+    /// A checkout batch whose `COMMIT` went out unanswered: settled (asked
+    /// about) before any checkout is written again.
+    in_doubt: Option<InDoubtBatch>,
     /// This writer's key in `users_backlog` (random per process).
     writer_id: i64,
     /// When stale backlog marks are next looked for.
@@ -282,6 +286,7 @@ impl Writer {
             known_users: KnownUsers::new(KNOWN_USERS),
             users: PendingUsers::default(),
             checkout_conn: None,
+            in_doubt: None,
             writer_id: rand::RngExt::random::<i64>(&mut rand::rng()),
             // At once: repairs what a killed process left.
             next_catch_up: now,
@@ -447,6 +452,9 @@ impl Writer {
     /// each committed batch are collected (`PendingUsers`), not written.
     fn flush_checkouts(&mut self) {
         while self.flush_due(Instant::now()) && self.pg.ready(Instant::now()) {
+            if !self.settle_in_doubt() {
+                return;
+            }
             if self.users.len() >= USERS_HOLD {
                 // Bounded memory: the users go first.
                 self.flush_users(true);
@@ -473,6 +481,7 @@ impl Writer {
             let writer = self.writer_id;
             let remark_after = self.config.users_backlog_stale / 2;
             let mut rows = 0u64;
+            let mut in_doubt = None;
             let outcome = write_bisecting(
                 batch,
                 |part| {
@@ -483,11 +492,22 @@ impl Writer {
                         .map(|r| r.at_ms)
                         .min();
                     let mark = new_since.and_then(|since| users.mark_needed(since, remark_after));
-                    rows += insert_checkouts(
+                    // The last part written is the one an outage stopped at.
+                    in_doubt = None;
+                    let mut commit_sent = None;
+                    let written = insert_checkouts(
                         &mut conn,
                         part,
                         mark.map(|since_ms| BacklogMark { writer, since_ms }),
-                    )?;
+                        &mut commit_sent,
+                    );
+                    if let (Err(_), Some(xid)) = (&written, commit_sent) {
+                        in_doubt = Some(InDoubtBatch {
+                            xid,
+                            records: part.to_vec(),
+                        });
+                    }
+                    rows += written?;
                     if let Some(since_ms) = mark {
                         users.marked(since_ms);
                     }
@@ -499,6 +519,8 @@ impl Writer {
             if outcome.error.is_none() {
                 // Kept for the next batch (dropped after an outage).
                 self.checkout_conn = Some(conn);
+            } else {
+                self.in_doubt = in_doubt;
             }
             for &i in &outcome.deferred {
                 tracing::warn!(record = ?batch[i], "checkout record refused by Postgres for now; kept and retried");
@@ -537,6 +559,61 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Settles a checkout batch whose `COMMIT` went out unanswered, before
+    /// anything else is written: Postgres says whether it committed (its
+    /// records are then done, and their users collected) or not (they are
+    /// written again, still first in line). False while it cannot be
+    /// settled yet (Postgres unreachable, the transaction still in progress).
+    fn settle_in_doubt(&mut self) -> bool {
+        let Some(doubt) = &self.in_doubt else {
+            return true;
+        };
+        let status = match self.pool.get_timeout(POOL_WAIT) {
+            Ok(mut client) => commit_status(&mut client, &doubt.xid).map_err(Error::from),
+            Err(e) => Err(Error::from(e)),
+        };
+        let status = match status {
+            Ok(CommitStatus::InProgress) => return false,
+            Ok(status) => status,
+            Err(e) => {
+                self.pg_failed(e, "checkout batch in doubt");
+                return false;
+            }
+        };
+        let Some(doubt) = self.in_doubt.take() else {
+            return true;
+        };
+        match status {
+            CommitStatus::Committed => {
+                tracing::warn!(
+                    xid = doubt.xid,
+                    rows = doubt.records.len(),
+                    "a checkout batch's commit answer was lost; Postgres has it, so it is not written again"
+                );
+                remove_in_order(&mut self.pending, &doubt.records);
+                if self.pending.is_empty() {
+                    self.oldest = None;
+                }
+                let known_users = &self.known_users;
+                self.users.collect(
+                    doubt
+                        .records
+                        .iter()
+                        .filter(|r| !known_users.contains(r.user_id)),
+                );
+            }
+            CommitStatus::Forgotten => tracing::warn!(
+                xid = doubt.xid,
+                "a checkout batch's commit answer was lost and Postgres no longer knows the transaction; written again"
+            ),
+            _ => tracing::info!(
+                xid = doubt.xid,
+                "a checkout batch's commit answer was lost; Postgres did not commit it, so it is written again"
+            ),
+        }
+        true
     }
 
     /// Commits the collected users when due (`force`: now): in bigger
@@ -1023,6 +1100,28 @@ impl Writer {
             );
         }
     }
+}
+
+/// A checkout batch whose `COMMIT` was sent and not answered.
+struct InDoubtBatch {
+    /// Its transaction's id (`pg_current_xact_id`).
+    xid: String,
+    /// Its records, still pending too.
+    records: Vec<CheckoutRecord>,
+}
+
+/// Removes `records` from `pending`, where they stand in the same order
+/// (maybe with others between them).
+fn remove_in_order(pending: &mut VecDeque<CheckoutRecord>, records: &[CheckoutRecord]) {
+    let mut next = records.iter().peekable();
+    pending.retain(|r| {
+        if next.peek() == Some(&r) {
+            next.next();
+            false
+        } else {
+            true
+        }
+    });
 }
 
 /// Users of committed checkout batches that `users` may not have yet, each
