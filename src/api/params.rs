@@ -53,7 +53,9 @@ impl<'a> Query<'a> {
         Ok(found)
     }
 
-    /// A required positive 64-bit integer.
+    /// A required positive 64-bit integer: the one-name reading that
+    /// `positive_ids` (what the routes call) is checked against.
+    #[cfg(test)]
     pub fn positive_id(
         &self,
         name: &'static str,
