@@ -567,7 +567,7 @@ impl Writer {
     /// written again, still first in line). False while it cannot be
     /// settled yet (Postgres unreachable, the transaction still in progress).
     fn settle_in_doubt(&mut self) -> bool {
-        let Some(doubt) = &self.in_doubt else {
+        let Some(doubt) = self.in_doubt.take() else {
             return true;
         };
         let status = match self.pool.get_timeout(POOL_WAIT) {
@@ -575,15 +575,16 @@ impl Writer {
             Err(e) => Err(Error::from(e)),
         };
         let status = match status {
-            Ok(CommitStatus::InProgress) => return false,
+            Ok(CommitStatus::InProgress) => {
+                self.in_doubt = Some(doubt);
+                return false;
+            }
             Ok(status) => status,
             Err(e) => {
+                self.in_doubt = Some(doubt);
                 self.pg_failed(e, "checkout batch in doubt");
                 return false;
             }
-        };
-        let Some(doubt) = self.in_doubt.take() else {
-            return true;
         };
         match status {
             CommitStatus::Committed => {
