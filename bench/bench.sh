@@ -133,24 +133,12 @@ BARE_PID=""
 PG_DBS=()
 REDIS_DBS=()
 
-stop_pid() { # pid: SIGTERM, wait up to 30 s, then SIGKILL
-  local pid=$1 i
-  [[ -n $pid ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 300; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
-  if [[ -n $SERVER_PID ]]; then stop_pid "$SERVER_PID"; fi
-  if [[ -n $BARE_PID ]]; then stop_pid "$BARE_PID"; fi
+  if [[ -n $SERVER_PID ]]; then stop_process "$SERVER_PID"; fi
+  if [[ -n $BARE_PID ]]; then stop_process "$BARE_PID"; fi
   if [[ $KEEP_DBS != 1 ]]; then
     local db
     for db in "${REDIS_DBS[@]}"; do rcli -n "$db" flushdb >/dev/null 2>&1; done
@@ -327,7 +315,7 @@ tree_ticks() {
 # ticks of all CPUs: in processes (user, nice, system), in interrupts
 # (irq, softirq: the loopback network's packet work is partly here, charged to
 # no process) and stolen by the hypervisor
-cpu_ticks() { awk '/^cpu / {print $2 + $3 + $4, $7 + $8, $9; exit}' /proc/stat; }
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4, $7 + $8, $9; exit}' /proc/stat; }
 
 # Sets SNAP[<name>_{ns,server,redis,pg,proc,irq,steal}].
 declare -A SNAP=()
@@ -336,7 +324,7 @@ cpu_snap() { # name server_pid
   SNAP[$1_server]="$(if [[ -n ${2:-} ]]; then proc_ticks "$2" 1; else echo 0; fi)"
   SNAP[$1_redis]="$(tree_ticks "$REDIS_PID")"
   SNAP[$1_pg]="$(tree_ticks "$PG_PID")"
-  read -r "SNAP[$1_proc]" "SNAP[$1_irq]" "SNAP[$1_steal]" < <(cpu_ticks)
+  read -r "SNAP[$1_proc]" "SNAP[$1_irq]" "SNAP[$1_steal]" < <(machine_ticks)
 }
 
 # AOF rewrites Redis has done (a fork that rewrites the log: CPU and disk
@@ -474,7 +462,7 @@ start_server() {
 # keeps the server's metrics at the end of a scenario (raw/r<round>-<name>.metrics.txt), then stops it
 stop_server() { # name
   metrics >"$OUT/raw/r$ROUND-$1.metrics.txt"
-  stop_pid "$SERVER_PID"
+  stop_process "$SERVER_PID"
   SERVER_PID=""
 }
 
@@ -764,7 +752,7 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
 done
 
 if [[ -n $BARE_PID ]]; then
-  stop_pid "$BARE_PID"
+  stop_process "$BARE_PID"
   BARE_PID=""
 fi
 {

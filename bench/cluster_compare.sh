@@ -97,14 +97,7 @@ URL="http://127.0.0.1:$BENCH_PORT"
 SERVER_PID=""
 PREFIX="" # the cluster run's key prefix, while its keys exist
 stop_server() {
-  [[ -n $SERVER_PID ]] || return 0
-  kill -TERM "$SERVER_PID" 2>/dev/null || true
-  for ((i = 0; i < 300; i++)); do
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
+  stop_process "$SERVER_PID"
   SERVER_PID=""
 }
 cleanup() {
@@ -241,7 +234,6 @@ guard_period() { # seconds needed
 # CPU (user + system, all threads) of a process, in clock ticks, and the pid
 # listening on a port
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 listener_pid() { ss -ltnpH "sport = :$1" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n1; }
 REDIS_PID="$(listener_pid "$REDIS_PORT")"
 [[ -n $REDIS_PID ]] || die "no process listens on $REDIS_PORT (Redis)"
@@ -316,11 +308,11 @@ run() {
   local rpid=$REDIS_PID
   if [[ $redis == cluster ]]; then rpid="$(listener_pid "$(cluster_owner "{sale:$sale}")")"; fi
   local s0 r0 s1 r1
-  s0=$(ticks "$SERVER_PID") r0=$(ticks "$rpid")
+  s0=$(cpu_ticks "$SERVER_PID") r0=$(cpu_ticks "$rpid")
   out="$OUT/wrk-r$round-$redis-$leg-$label.txt"
   env "${wrk_env[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$wrk_dir/$script" "$URL" >"$out" 2>&1 ||
     die "wrk failed: $(tail -n 3 "$out")"
-  s1=$(ticks "$SERVER_PID") r1=$(ticks "$rpid")
+  s1=$(cpu_ticks "$SERVER_PID") r1=$(cpu_ticks "$rpid")
   stop_server
   if [[ -n $prefix ]]; then
     cluster_forget "$prefix"

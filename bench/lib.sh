@@ -25,8 +25,9 @@ wait_active_sale() {
   return 1
 }
 
-# cpu_ticks PID: the process's CPU time so far (user + system, clock ticks).
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# cpu_ticks PID: the process's CPU time so far (user + system, clock ticks);
+# 0 when it is gone.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 # port_listening PORT: true when something listens on the TCP port.
 port_listening() { ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
@@ -43,16 +44,18 @@ free_redis_port() {
   return 1
 }
 
-# stop_process PID: SIGTERM, up to 20 s to exit, then SIGKILL. No PID: nothing.
+# stop_process PID: SIGTERM, up to 30 s to exit, then SIGKILL; reaps it when
+# it is the caller's child. No PID, or one already gone: nothing.
 stop_process() {
   local pid=${1:-} i
   [[ -n $pid ]] || return 0
-  kill "$pid" 2>/dev/null || true
-  for ((i = 0; i < 200; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < 300; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  kill -9 "$pid" 2>/dev/null || true
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
 }
 
 # private_redis_start DIR PORT [AOF]: starts a redis-server of the caller's own

@@ -75,20 +75,12 @@ drop_db() {
 }
 URL="http://127.0.0.1:$BENCH_PORT"
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # the sum of a metric's samples in /metrics (0 when absent)
 metric() { curl -fsS --max-time 5 "$URL/metrics" | awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%.0f", s }'; }
 
 SERVER_PID=""
 stop_server() {
-  [[ -n $SERVER_PID ]] || return 0
-  kill -TERM "$SERVER_PID" 2>/dev/null || true
-  for ((i = 0; i < 300; i++)); do
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
+  stop_process "$SERVER_PID"
   SERVER_PID=""
 }
 cleanup() {
@@ -134,11 +126,11 @@ run() {
     a0="$(metric flashsale_core_allocations_total)" q0="$(metric flashsale_requests_total)"
   fi
   local s0 s1 out="$OUT/wrk-r$round-$side.txt"
-  s0=$(ticks "$SERVER_PID")
+  s0=$(cpu_ticks "$SERVER_PID")
   env COUNT_STATUS=1 USERS="$USERS" SALE_ID="$sale" ITEMS="$ITEMS" \
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/checkout.lua "$URL" >"$out" 2>&1 ||
     die "wrk failed: $(tail -n 3 "$out")"
-  s1=$(ticks "$SERVER_PID")
+  s1=$(cpu_ticks "$SERVER_PID")
   if [[ $side != bare && $side != cur_bare ]]; then
     a1="$(metric flashsale_core_allocations_total)" q1="$(metric flashsale_requests_total)"
     curl -fsS --max-time 5 "$URL/metrics" >"$OUT/metrics-r$round-$side.txt" || true
